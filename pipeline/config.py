@@ -1,0 +1,247 @@
+"""Pydantic models for `params.yaml`: the ONE place configuration is validated.
+
+Every stage calls `load_params()`; an unknown key, a wrong type or an out-of-range value is a
+`UserError` whose one-line message names the key path, e.g.
+`params.yaml: train.batch_size: must be > 0, got -3`. `dvc exp run -S` does not validate keys,
+so this module is what catches `-S train.epoch=5`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import UserError
+
+PARAMS_FILE = "params.yaml"
+
+DATASETS = ("fashion-mnist", "mnist", "digits", "folder")
+IMAGE_SIZES = (28, 32, 64)
+
+
+class Section(BaseModel):
+    """Base: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    dataset: Literal["fashion-mnist", "mnist", "digits", "folder"] = "fashion-mnist"
+    # Local directory: the IDX .gz files (fashion-mnist/mnist) or the images (folder).
+    # null = the dataset's default local location (Debian's package for fashion-mnist).
+    source: str | None = None
+    # When no local copy exists, download from the dataset's canonical URLs (checked by sha256).
+    download: bool = True
+    # Base URL used instead of the canonical one (http(s):// or file://), e.g. an internal mirror.
+    mirror: str | None = None
+    image_size: Literal[28, 32, 64] = 28  # square side in pixels; the DCGAN supports 28/32/64
+    channels: Literal[1, 3] = 1  # 1 = gray, 3 = RGB (folder datasets; IDX data is gray)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # of the train split, seeded by `seed`
+    # Datasets without an official test split (digits, folder) hold out this fraction.
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+class ModelConfig(Section):
+    latent_dim: int = Field(100, gt=0)  # size of the noise vector z
+    g_features: int = Field(64, gt=0)  # generator width (channels of its last hidden layer)
+    d_features: int = Field(64, gt=0)  # discriminator width (channels of its first layer)
+    conditional: bool = False  # class-conditional G and D (label embedding)
+    embed_dim: int = Field(16, gt=0)  # label embedding size when conditional
+
+
+class TrainConfig(Section):
+    epochs: int = Field(5, gt=0)
+    batch_size: int = Field(128, gt=0)  # GLOBAL batch, split evenly across Ray workers
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)  # Adam betas (DCGAN paper: 0.5, 0.999)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    # Cap on steps per epoch (null = the whole training set); for quick runs and tests.
+    max_steps_per_epoch: int | None = Field(None, gt=0)
+    grid_size: int = Field(64, gt=0)  # images in the fixed-noise sample grid, per epoch
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast (GPU profile)
+    channels_last: bool = False  # memory format for conv layers (GPU profile)
+
+
+class RayConfig(Section):
+    # null: $RAY_ADDRESS if set, else an embedded local cluster. "auto" or "host:port" connect.
+    address: str | None = None
+    num_workers: int = Field(2, gt=0)  # DDP workers (processes)
+    cpus_per_worker: int = Field(1, gt=0)  # also the torch thread count of each worker
+    use_gpu: bool = False  # one GPU per worker, NCCL backend
+    # Where Ray Train keeps checkpoints (relative = under the repo root). Multi-node clusters
+    # need shared storage here: an NFS path or s3://bucket/prefix.
+    storage_path: str = "ray_results"
+    max_failures: int = Field(2, ge=-1)  # worker-group restarts from the last checkpoint
+    keep_checkpoints: int = Field(2, gt=0)
+
+
+class GenerateConfig(Section):
+    num_eval: int = Field(10000, gt=0)  # fakes for FID/KID/PR
+    num_detector_train: int = Field(10000, gt=0)  # fakes the detector learns from
+    num_detector_test: int = Field(5000, gt=0)  # fakes the detector is scored on
+    batch_size: int = Field(500, gt=0)
+
+
+class FeatureNetConfig(Section):
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    width: int = Field(32, gt=0)  # channels of the first conv; feature dim = 4 * width
+
+
+class InceptionConfig(Section):
+    # auto: on; N = num_samples on a GPU, cpu_num_samples on a CPU (about 6 images/s on 2 cores).
+    enabled: Literal["auto", "on", "off"] = "auto"
+    num_samples: int = Field(10000, gt=0)
+    cpu_num_samples: int = Field(200, gt=0)
+    batch_size: int = Field(50, gt=0)
+
+
+class EvaluateConfig(Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    num_samples: int = Field(10000, gt=0)  # N for domain-space FID/KID/PR (and the floor)
+    kid_subsets: int = Field(100, gt=0)
+    kid_subset_size: int = Field(1000, gt=1)
+    pr_k: int = Field(3, gt=0)  # k of the k-NN manifolds (Kynkaanniemi et al. 2019)
+    batch_size: int = Field(500, gt=0)
+    featurenet: FeatureNetConfig = FeatureNetConfig()
+    inception: InceptionConfig = InceptionConfig()
+
+
+class DetectConfig(Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    width: int = Field(32, gt=0)
+    jpeg_quality: int = Field(75, ge=1, le=95)  # robustness check: fakes re-encoded as JPEG
+    blur_sigma: float = Field(1.0, gt=0)  # robustness check: Gaussian blur of the fakes
+
+
+class MlflowConfig(Section):
+    # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlflow.db at the repo root.
+    tracking_uri: str | None = None
+    experiment: str = Field("gan-forensics", min_length=1)
+    registered_model: str = Field("gan-forensics-generator", min_length=1)
+
+
+class Params(Section):
+    seed: int = Field(0, ge=0)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    ray: RayConfig = RayConfig()
+    generate: GenerateConfig = GenerateConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    detect: DetectConfig = DetectConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Params:
+        if self.data.dataset == "folder" and not self.data.source:
+            raise ValueError("data.source: required when data.dataset is 'folder' (a directory)")
+        if self.data.dataset in ("fashion-mnist", "mnist", "digits") and self.data.channels != 1:
+            raise ValueError(f"data.channels: {self.data.dataset} is gray, must be 1")
+        if self.train.batch_size % self.ray.num_workers:
+            raise ValueError(
+                f"train.batch_size: must be divisible by ray.num_workers "
+                f"({self.ray.num_workers}), got {self.train.batch_size}"
+            )
+        if self.evaluate.kid_subset_size > self.evaluate.num_samples:
+            raise ValueError(
+                f"evaluate.kid_subset_size: must be <= evaluate.num_samples "
+                f"({self.evaluate.num_samples}), got {self.evaluate.kid_subset_size}"
+            )
+        return self
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One pydantic error as `key.path: problem, got value`."""
+    loc = ".".join(str(p) for p in err["loc"])
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
+              "less_than_equal": "<="}
+    if kind in bounds:
+        op = bounds[kind]
+        limit = next(iter(ctx.values()))
+        return f"{loc}: must be {op} {limit}, got {value!r}"
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if kind == "literal_error":
+        return f"{loc}: must be one of {ctx.get('expected')}, got {value!r}"
+    if kind == "value_error":
+        msg = str(ctx.get("error", err["msg"]))
+        return msg if loc == "" else f"{loc}: {msg}"
+    return f"{loc}: {err['msg'][0].lower()}{err['msg'][1:]}, got {value!r}"
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed in the section that contains `loc` (for 'unknown key' hints)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
+    """Validate a params mapping; raise `UserError` with one line naming every bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            text = _describe(err)
+            if err["type"] == "extra_forbidden":
+                keys = _valid_keys(Params, tuple(err["loc"]))
+                text += f" (valid: {', '.join(keys)})" if keys else ""
+            parts.append(text)
+        raise UserError(f"{source}: " + "; ".join(parts)) from None
+
+
+def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:
+    """Read and validate `params.yaml` (the only entry point stages use)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: invalid YAML{where}") from None
+    return parse_params(raw, str(path))
+
+
+def params_hash(*sections: BaseModel, extra: Any = None) -> str:
+    """A short stable hash of config sections (and extra JSON-able data), for names and caches."""
+    blob = json.dumps([s.model_dump(mode="json") for s in sections] + [extra], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def flatten(params: Params) -> dict[str, Any]:
+    """Params as `{"train.batch_size": 128, ...}` (dotted keys, for MLflow)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, sub)
+        else:
+            out[prefix] = value
+
+    walk("", params.model_dump(mode="json"))
+    return out

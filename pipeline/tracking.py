@@ -1,0 +1,162 @@
+"""MLflow tracking: the only module that talks to MLflow.
+
+One MLflow run per trained model. `train` opens it (`Tracker.start`) and writes its id to
+`models/run.json`; `generate`, `evaluate` and `detect` reopen it (`Tracker.reopen`) and add
+their metrics and artifacts. Everything goes through `MlflowClient` with an explicit run id,
+so the driver and Ray's rank-0 worker can log to the same run without a global "active run".
+
+If the server disappears mid-run, logging calls do not crash the stage: each failure is recorded
+in `Tracker.lost`, the stage still writes its files, and `Tracker.close()` then raises one
+`UserError` naming what was not logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import MlflowConfig
+from pipeline.errors import UserError
+from pipeline.io import write_json
+
+UI_VIEW = "?workflowType=machine_learning"  # MLflow 3.17 UI otherwise opens its GenAI view
+
+
+def tracking_uri(cfg: MlflowConfig, root: Path | None = None) -> str:
+    """params > $MLFLOW_TRACKING_URI > `sqlite:///<repo>/mlflow.db` (absolute: Ray workers chdir)."""
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{((root or Path.cwd()) / 'mlflow.db').resolve()}"
+
+
+def ensure_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when an HTTP tracking server does not answer its health check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+            if resp.status == 200:
+                return
+            problem = f"HTTP {resp.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise UserError(
+        f"MLflow tracking server {uri} is unreachable ({problem}); start it, or unset "
+        "MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db"
+    )
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The UI link of a run, opening MLflow's model-training view."""
+    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+    return (f"{base}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics{UI_VIEW}")
+
+
+class Tracker:
+    """Logs to one MLflow run by id; remembers what could not be logged instead of crashing."""
+
+    def __init__(self, uri: str, run_id: str, experiment_id: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.client = MlflowClient(tracking_uri=uri)
+        self.lost: list[str] = []
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def start(
+        cls,
+        cfg: MlflowConfig,
+        run_name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+    ) -> Tracker:
+        """Create the model's run in `cfg.experiment` and log its flattened params."""
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        uri = tracking_uri(cfg)
+        ensure_reachable(uri)
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(cfg.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment)
+        run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+        tracker = cls(uri, run.info.run_id, exp_id)
+        batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(batch), 100):
+            tracker._call("params", client.log_batch, run.info.run_id, params=batch[i : i + 100])
+        return tracker
+
+    @classmethod
+    def reopen(cls, cfg: MlflowConfig, run_file: str | os.PathLike[str]) -> Tracker:
+        """Reopen the run whose id `train` wrote to `run_file` (models/run.json)."""
+        path = Path(run_file)
+        try:
+            info = json.loads(path.read_text())
+            run_id, exp_id = info["run_id"], info["experiment_id"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"{path}: no MLflow run id ({exc}); run the train stage first") from None
+        uri = info.get("tracking_uri") if not (cfg.tracking_uri or os.environ.get(
+            "MLFLOW_TRACKING_URI")) else tracking_uri(cfg)
+        uri = uri or tracking_uri(cfg)
+        ensure_reachable(uri)
+        return cls(uri, run_id, exp_id)
+
+    def write_run_file(self, path: str | os.PathLike[str], **extra: Any) -> None:
+        """Write `models/run.json`: how later stages (and users) find this run."""
+        write_json(path, {
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "tracking_uri": self.uri,
+            "ui": run_url(self.uri, self.experiment_id, self.run_id),
+            **extra,
+        })
+
+    # -- logging ---------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any tracking failure must not lose the stage's files
+            self.lost.append(f"{what} ({type(exc).__name__})")
+            return None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+                 if v is not None]
+        self._call(f"metrics {','.join(metrics)}", self.client.log_batch, self.run_id,
+                   metrics=batch)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._call(f"tags {','.join(tags)}", self.client.log_batch, self.run_id, tags=batch)
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        self._call(f"artifact {Path(path).name}", self.client.log_artifact, self.run_id,
+                   str(path), artifact_path)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run; raise one `UserError` naming everything that was not logged."""
+        self._call("run status", self.client.set_terminated, self.run_id, status)
+        if self.lost:
+            shown = "; ".join(self.lost[:5]) + (f"; +{len(self.lost) - 5} more"
+                                                 if len(self.lost) > 5 else "")
+            raise UserError(
+                f"MLflow ({self.uri}) did not record: {shown}. The stage's files were written; "
+                "rerun the stage when the server is back to log them"
+            )
