@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -27,8 +28,56 @@ from pipeline.io import write_json
 UI_VIEW = "?workflowType=machine_learning"  # MLflow 3.17 UI otherwise opens its GenAI view
 
 
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def dvc_out_hash(out_path: str, lock_file: str | os.PathLike[str] = "dvc.lock") -> str:
+    """The md5 DVC recorded in dvc.lock for `out_path` (e.g. data/prepared), or "" if unknown."""
+    import yaml
+
+    try:
+        lock = yaml.safe_load(Path(lock_file).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ""
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            if out.get("path") == out_path:
+                return str(out.get("md5", ""))
+    return ""
+
+
+def run_tags(**extra: Any) -> dict[str, str]:
+    """Provenance tags: git commit (+ dirty flag), DVC data hash, DVC exp name, versions."""
+    import platform
+
+    import torch
+
+    tags = {
+        "git.commit": _git("rev-parse", "HEAD") or "unknown",
+        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        "dvc.data_hash": dvc_out_hash("data/prepared") or "unknown",
+        "torch.version": torch.__version__,
+        "python.version": platform.python_version(),
+    }
+    try:
+        import ray
+
+        tags["ray.version"] = ray.__version__
+    except ImportError:  # pragma: no cover - ray is a hard dependency, kept optional here
+        pass
+    if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run [-n NAME]`
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    tags.update({k: str(v) for k, v in extra.items()})
+    return tags
+
+
 def tracking_uri(cfg: MlflowConfig, root: Path | None = None) -> str:
-    """params > $MLFLOW_TRACKING_URI > `sqlite:///<repo>/mlflow.db` (absolute: Ray workers chdir)."""
+    """params > $MLFLOW_TRACKING_URI > `sqlite:///<repo>/mlflow.db` (absolute: workers chdir)."""
     if cfg.tracking_uri:
         return cfg.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
@@ -88,7 +137,11 @@ class Tracker:
         ensure_reachable(uri)
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(cfg.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment)
+        # Local sqlite store: keep artifacts beside it in ./mlartifacts (what `make ui` serves).
+        artifacts = (Path.cwd() / "mlartifacts").resolve().as_uri() if uri.startswith(
+            "sqlite:") else None
+        exp_id = exp.experiment_id if exp else client.create_experiment(
+            cfg.experiment, artifact_location=artifacts)
         run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
         tracker = cls(uri, run.info.run_id, exp_id)
         batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
@@ -104,10 +157,10 @@ class Tracker:
             info = json.loads(path.read_text())
             run_id, exp_id = info["run_id"], info["experiment_id"]
         except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"{path}: no MLflow run id ({exc}); run the train stage first") from None
-        uri = info.get("tracking_uri") if not (cfg.tracking_uri or os.environ.get(
-            "MLFLOW_TRACKING_URI")) else tracking_uri(cfg)
-        uri = uri or tracking_uri(cfg)
+            raise UserError(f"{path}: no MLflow run id ({exc}); run the train stage") from None
+        # An explicit URI (params or env) wins; otherwise the store the run was created in.
+        explicit = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        uri = tracking_uri(cfg) if explicit else (info.get("tracking_uri") or tracking_uri(cfg))
         ensure_reachable(uri)
         return cls(uri, run_id, exp_id)
 
@@ -149,6 +202,50 @@ class Tracker:
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         self._call(f"artifact {Path(path).name}", self.client.log_artifact, self.run_id,
                    str(path), artifact_path)
+
+    def log_dataset(self, name: str, path: str | os.PathLike[str], context: str,
+                    digest: str, n: int) -> None:
+        """Record an input dataset (name, digest, source) on the run (`mlflow.log_input`)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest[:36], source_type="local",
+                          source=json.dumps({"uri": str(Path(path).resolve())}),
+                          profile=json.dumps({"num_rows": n}))
+        tag = InputTag(key="mlflow.data.context", value=context)
+        self._call(f"dataset {name}", self.client.log_inputs, self.run_id,
+                   datasets=[DatasetInput(dataset=dataset, tags=[tag])])
+
+    def log_pytorch_model(self, model: Any, name: str, input_example: Any,
+                          registered_model: str | None = None) -> str | None:
+        """Log a torch module as an MLflow model with signature; register it; return version."""
+        import mlflow
+        import mlflow.pytorch
+        from mlflow.models import infer_signature
+
+        def log() -> str | None:
+            import torch
+
+            mlflow.set_tracking_uri(self.uri)
+            with torch.no_grad():
+                output = model(torch.from_numpy(input_example)).numpy()
+            with mlflow.start_run(run_id=self.run_id):
+                info = mlflow.pytorch.log_model(
+                    model, name=name, input_example=input_example,
+                    signature=infer_signature(input_example, output),
+                    registered_model_name=registered_model,
+                    code_paths=[str(Path(__file__).parent)],
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                )
+            version = getattr(info, "registered_model_version", None)
+            return str(version) if version is not None else None
+
+        return self._call(f"model {name}", log)
+
+    def tag_model_version(self, name: str, version: str, metrics: Mapping[str, Any]) -> None:
+        """Put key metrics (FID, detector AUC, ...) on a registered model version."""
+        for key, value in metrics.items():
+            self._call(f"model version tag {key}", self.client.set_model_version_tag,
+                       name, version, key, str(value))
 
     def close(self, status: str = "FINISHED") -> None:
         """End the run; raise one `UserError` naming everything that was not logged."""

@@ -1,0 +1,72 @@
+# The README's commands. `make run` and `make test` set everything up themselves:
+# a venv from requirements.lock, the Fashion-MNIST Debian package when it is missing, then
+# `dvc repro` / pytest. NETNS=1 runs the pipeline inside a private network namespace (Ray binds
+# every interface; see README "Network namespaces").
+VENV     ?= .venv
+PYTHON   ?= python3
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
+NETNS    ?= 0
+PYTEST_ARGS ?=
+UI_PORT  ?= 5000
+FMNIST   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+# `unshare -n` as root, `unshare -rn` (user namespace) otherwise; empty when neither works.
+NETNS_CMD := $(shell if unshare -n true 2>/dev/null; then echo "unshare -n"; \
+                     elif unshare -rn true 2>/dev/null; then echo "unshare -rn"; fi)
+IN_NETNS  = $(NETNS_CMD) sh -c 'ip link set lo up && exec "$$0" "$$@"'
+ENV_RUN   = env PATH="$(abspath $(VENV))/bin:$$PATH" PYTHONUNBUFFERED=1
+
+.PHONY: setup data run repro test test-fast lint ui submit clean-ray help
+help:
+	@echo "make run [NETNS=1]   set up and run the whole pipeline (dvc repro)"
+	@echo "make test            set up and run the tests (inside a network namespace when possible)"
+	@echo "make ui              serve the MLflow UI for this repo's runs on 127.0.0.1:$(UI_PORT)"
+	@echo "make submit          send the train stage to a Ray cluster (RAY_ADDRESS=http://head:8265)"
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.lock
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.installed-*; touch $@
+
+setup: $(STAMP)
+
+# Fashion-MNIST from Debian when it is missing and we can install it; otherwise the fetch stage
+# downloads it from the canonical URLs (sha256-checked).
+data:
+	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing dataset-fashion-mnist (Debian)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+run: setup data
+ifeq ($(NETNS),1)
+	@test -n "$(NETNS_CMD)" || { echo "error: NETNS=1 but unshare -n is not permitted here"; exit 1; }
+	$(ENV_RUN) $(IN_NETNS) dvc repro
+else
+	$(ENV_RUN) dvc repro
+endif
+
+# Chromium renders the MLflow UI in the UI test; installed where apt is there and we are root.
+browser:
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium (Debian) for the UI test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+# pytest exit 5 means "no tests collected": a failure here, never a pass.
+test: setup browser
+	@$(ENV_RUN) $(if $(NETNS_CMD),$(IN_NETNS)) $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
+
+test-fast: setup
+	$(ENV_RUN) $(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check pipeline stages tests benchmarks
+
+ui: setup
+	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning"
+	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
+	  --backend-store-uri sqlite:///$(abspath mlflow.db) --artifacts-destination $(abspath mlartifacts)
