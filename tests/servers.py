@@ -99,3 +99,61 @@ def render(url: str, profile: Path, screenshot: Path, budget_ms: int = 20000) ->
         if capture:
             return out.decode(errors="replace")
     return ""
+
+
+def kill_marked(marker: str) -> int:
+    """SIGKILL every process whose environment holds `marker` (`KEY=value`); return the count.
+
+    `ray start` daemonises its processes (GCS, raylet, dashboard, agents, workers), so they are
+    neither our children nor in our process group; they all inherit the environment, though,
+    so a unique variable finds exactly the processes this test started, by PID.
+    """
+    wanted, me, killed = marker.encode(), os.getpid(), 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if wanted not in fh.read().split(b"\0"):
+                    continue
+            os.kill(int(entry), signal.SIGKILL)
+            killed += 1
+        except (OSError, ProcessLookupError):
+            continue
+    return killed
+
+
+@contextlib.contextmanager
+def ray_cluster(tmp: Path, nodes: int = 2, cpus_per_node: int = 1) -> Iterator[dict[str, str]]:
+    """A real multi-node Ray cluster on 127.0.0.1 with token auth (run inside `unshare -n`).
+
+    Yields the environment to talk to it (HOME holds the auth token) plus `ADDRESS` (GCS) and
+    `DASHBOARD` (job submission URL). Every process it started is killed on exit.
+    """
+    import tempfile
+    import uuid
+
+    home = tmp / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    marker = f"GANF_TEST_CLUSTER={uuid.uuid4().hex}"
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token",
+           "RAY_USAGE_STATS_ENABLED": "0", marker.split("=")[0]: marker.split("=")[1]}
+    temp = tempfile.mkdtemp(prefix="rgc", dir="/tmp")  # short: Ray's unix sockets live here
+    port, dash = free_port(), free_port()
+    ray = str(BIN / "ray")
+
+    def run(*args: str) -> None:
+        subprocess.run([ray, *args], env=env, check=True, capture_output=True, timeout=120)
+
+    try:
+        run("get-auth-token", "--generate")
+        run("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+            "--num-cpus", str(cpus_per_node), "--dashboard-host", "127.0.0.1",
+            "--dashboard-port", str(dash), "--temp-dir", temp, "--disable-usage-stats")
+        for _ in range(nodes - 1):
+            run("start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+                "--num-cpus", str(cpus_per_node), "--temp-dir", temp)
+        yield {**env, "ADDRESS": f"127.0.0.1:{port}", "DASHBOARD": f"http://127.0.0.1:{dash}"}
+    finally:
+        kill_marked(marker)
+        shutil.rmtree(temp, ignore_errors=True)

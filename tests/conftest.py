@@ -1,0 +1,97 @@
+"""Shared fixtures: sklearn's digits as raw arrays, an independent IDX writer, tiny raw datasets
+in the `data/raw/` layout, and a runner for stage scripts in a scratch directory."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RAW_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def idx_bytes(array: np.ndarray, dtype_code: int = 0x08, dims: tuple[int, ...] | None = None,
+              prefix: bytes = b"\x00\x00") -> bytes:
+    """IDX bytes written independently of pipeline.data.idx; header fields can be faked."""
+    dims = array.shape if dims is None else dims
+    header = prefix + bytes([dtype_code, len(dims)]) + b"".join(struct.pack(">I", d)
+                                                                for d in dims)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def gz(blob: bytes) -> bytes:
+    return gzip.compress(blob, mtime=0)
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's 1797 digits as uint8 (N, 16, 16) (8x8 repeated 2x2) and int64 labels (N,)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    small = np.round(d.images * 255 / 16).astype(np.uint8)
+    return small.repeat(2, axis=1).repeat(2, axis=2), d.target.astype(np.int64)
+
+
+RawMaker = Callable[..., Path]
+
+
+@pytest.fixture
+def make_raw(digits, tmp_path) -> RawMaker:
+    """`make_raw(n_train=40, n_test=10, files={name: bytes})` -> a raw dir like fetch writes.
+
+    `files` replaces any file's bytes (to build corrupt inputs); the manifest records the final
+    sha256, as fetch would, so prepare reaches the IDX checks.
+    """
+
+    def make(n_train: int = 40, n_test: int = 10, files: dict[str, bytes] | None = None,
+             dest: Path | None = None, class_names: list[str] | None = None) -> Path:
+        images, labels = digits
+        raw = dest or tmp_path / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        parts = {"train": slice(0, n_train), "t10k": slice(n_train, n_train + n_test)}
+        blobs = {}
+        for split, rows in parts.items():
+            blobs[f"{split}-images-idx3-ubyte.gz"] = gz(idx_bytes(images[rows]))
+            blobs[f"{split}-labels-idx1-ubyte.gz"] = gz(idx_bytes(labels[rows]))
+        blobs.update(files or {})
+        for name, blob in blobs.items():
+            (raw / name).write_bytes(blob)
+        manifest = {"dataset": "digits", "source": "test",
+                    "files": {n: {"sha256": hashlib.sha256(b).hexdigest()}
+                              for n, b in blobs.items()},
+                    "class_names": class_names or [str(d) for d in range(10)],
+                    "image_shape": [16, 16, 1]}
+        (raw / "manifest.json").write_text(json.dumps(manifest))
+        return raw
+
+    return make
+
+
+@pytest.fixture
+def run_stage() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`run_stage("fetch", "--out", path, cwd=dir, params={...})`: the real script, with
+    params.yaml written into `cwd` (stages read it from the working directory)."""
+
+    def run(stage: str, *args: str | os.PathLike[str], cwd: Path,
+            params: dict | None = None) -> subprocess.CompletedProcess[str]:
+        if params is not None:
+            (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, str(REPO / "stages" / f"{stage}.py"), *map(str, args)]
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    return run
