@@ -1,0 +1,123 @@
+"""The generate stage: shapes, dtype, labels, disjoint noise per split, determinism, MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import GenerateConfig, MlflowConfig
+from pipeline.errors import UserError
+from pipeline.generate import SPLITS, generate_splits, sample_grid, split_seed
+from pipeline.models import build_models, make_checkpoint, save_checkpoint
+
+TINY = {"latent_dim": 8, "g_features": 4, "d_features": 4, "conditional": False, "embed_dim": 4}
+CFG = GenerateConfig(num_eval=20, num_detector_train=12, num_detector_test=10, batch_size=7)
+
+
+def write_gan(dest: Path, conditional: bool = False, size: int = 28, channels: int = 1,
+              seed: int = 0) -> tuple[Path, Path]:
+    """A tiny random DCGAN saved as the train stage does: (generator.pt, discriminator.pt)."""
+    torch.manual_seed(seed)
+    model_cfg = {**TINY, "conditional": conditional}
+    G, D = build_models(model_cfg, (channels, size, size), 10)
+    meta = {"model_config": model_cfg, "image_shape": (channels, size, size), "num_classes": 10,
+            "class_names": [f"c{i}" for i in range(10)]}
+    dest.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(dest / "generator.pt", make_checkpoint(**meta, generator=G))
+    save_checkpoint(dest / "discriminator.pt", make_checkpoint(**meta, discriminator=D))
+    return dest / "generator.pt", dest / "discriminator.pt"
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def test_splits_layout_and_disjoint_noise(tmp_path: Path) -> None:
+    gen, _ = write_gan(tmp_path / "models")
+    summary = generate_splits(gen, tmp_path / "generated", CFG, seed=0, device="cpu")
+    out = tmp_path / "generated"
+    assert sorted(p.name for p in out.iterdir()) == ["detector_test.npz", "detector_train.npz",
+                                                     "eval.npz", "grid.png"]
+    arrays = {s: _read(out / f"{s}.npz") for s in SPLITS}
+    for split, n in (("eval", 20), ("detector_train", 12), ("detector_test", 10)):
+        a = arrays[split]
+        assert a["images"].dtype == np.uint8 and a["images"].shape == (n, 28, 28, 1)
+        assert a["labels"].dtype == np.int64 and (a["labels"] == -1).all()  # unconditional
+        assert list(a["class_names"]) == [f"c{i}" for i in range(10)]
+        assert summary[split] == n
+    assert len({int(a["noise_seed"]) for a in arrays.values()}) == 3
+    # No fake appears in two splits (and none twice within one).
+    seen = [img.tobytes() for a in arrays.values() for img in a["images"]]
+    assert len(set(seen)) == len(seen)
+
+
+def test_deterministic_and_batch_size_free(tmp_path: Path) -> None:
+    gen, _ = write_gan(tmp_path / "models")
+    generate_splits(gen, tmp_path / "a", CFG, seed=3, device="cpu")
+    generate_splits(gen, tmp_path / "b", CFG.model_copy(update={"batch_size": 500}), seed=3,
+                    device="cpu")
+    generate_splits(gen, tmp_path / "c", CFG, seed=4, device="cpu")
+    a, b, c = (_read(tmp_path / d / "eval.npz")["images"] for d in "abc")
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert split_seed(3, "eval") != split_seed(3, "detector_test") != split_seed(4, "eval")
+
+
+def test_conditional_labels_are_uniform_classes(tmp_path: Path) -> None:
+    gen, _ = write_gan(tmp_path / "models", conditional=True, size=32, channels=3)
+    cfg = CFG.model_copy(update={"num_eval": 60})
+    generate_splits(gen, tmp_path / "g", cfg, seed=0, device="cpu")
+    a = _read(tmp_path / "g" / "eval.npz")
+    assert a["images"].shape == (60, 32, 32, 3)
+    assert a["labels"].min() >= 0 and a["labels"].max() <= 9
+    assert len(np.unique(a["labels"])) >= 8  # uniform over 10 classes: nearly all appear
+
+
+def test_missing_generator_is_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="generator.pt: checkpoint not found"):
+        generate_splits(tmp_path / "generator.pt", tmp_path / "out", CFG, seed=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_sample_grid(tmp_path: Path) -> None:
+    from PIL import Image
+
+    gen, _ = write_gan(tmp_path / "models")
+    out = sample_grid(gen, n=9, seed=1, out=tmp_path / "s.png")
+    assert Image.open(out).size == (3 * 30 + 2, 3 * 30 + 2)  # 3x3 tiles of 28 + 2 px padding
+
+
+def test_stage_writes_outs_and_logs_grid(tmp_path: Path, run_stage, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import Tracker
+
+    write_gan(tmp_path / "models")
+    monkeypatch.chdir(tmp_path)  # the sqlite store keeps artifacts in ./mlartifacts
+    mlflow_cfg = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker = Tracker.start(mlflow_cfg, "test", {})
+    tracker.write_run_file(tmp_path / "models" / "run.json")
+    tracker.close()
+    params = {"generate": CFG.model_dump(), "mlflow": mlflow_cfg.model_dump()}
+    res = run_stage("generate", "--generator", "models/generator.pt", "--run", "models/run.json",
+                    "--out", "data/generated", cwd=tmp_path, params=params)
+    assert res.returncode == 0, res.stderr
+    assert "detector_train" in res.stdout and "12" in res.stdout
+    assert (tmp_path / "data" / "generated" / "eval.npz").is_file()
+    run_id = json.loads((tmp_path / "models" / "run.json").read_text())["run_id"]
+    client = MlflowClient(mlflow_cfg.tracking_uri)
+    assert [f.path for f in client.list_artifacts(run_id, "generate")] == ["generate/grid.png"]
+    assert client.get_run(run_id).data.metrics["generate/num_detector_test"] == 10
+
+
+def test_stage_missing_generator(tmp_path: Path, run_stage) -> None:
+    res = run_stage("generate", "--generator", "models/generator.pt", "--run", "models/run.json",
+                    "--out", "data/generated", cwd=tmp_path, params={})
+    assert res.returncode == 1
+    assert res.stderr.strip() == ("error: models/generator.pt: checkpoint not found (run the "
+                                  "train stage)")
