@@ -99,14 +99,14 @@ class FeatureNetConfig(Section):
 class InceptionConfig(Section):
     # auto: on; N = num_samples on a GPU, cpu_num_samples on a CPU (about 6 images/s on 2 cores).
     enabled: Literal["auto", "on", "off"] = "auto"
-    num_samples: int = Field(10000, gt=0)
-    cpu_num_samples: int = Field(200, gt=0)
+    num_samples: int = Field(10000, ge=10)  # k-NN precision/recall needs more than k images
+    cpu_num_samples: int = Field(200, ge=10)
     batch_size: int = Field(50, gt=0)
 
 
 class EvaluateConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
-    num_samples: int = Field(10000, gt=0)  # N for domain-space FID/KID/PR (and the floor)
+    num_samples: int = Field(10000, ge=10)  # N for domain-space FID/KID/PR (and the floor)
     kid_subsets: int = Field(100, gt=0)
     kid_subset_size: int = Field(1000, gt=1)
     pr_k: int = Field(3, gt=0)  # k of the k-NN manifolds (Kynkaanniemi et al. 2019)

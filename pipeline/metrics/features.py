@@ -1,0 +1,98 @@
+"""Feature extractors for the metrics: the domain FeatureNet and Inception-v3, one interface.
+
+An `Extractor` maps uint8 NHWC image batches to (B, D) float features; its `identity` (the
+FeatureNet file's sha256 or the Inception sha1) goes into the real-feature cache key.
+
+    ex = domain_extractor("models/featurenet.pt", device)   # or inception_extractor(device)
+    feats = extract(images, ex, batch_size=500)              # (N, D) float32 numpy
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError
+
+
+def resolve_device(setting: str) -> torch.device:
+    """`auto` -> cuda when available else cpu; `cuda` without a GPU is a UserError."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise UserError("evaluate.device: cuda requested but no CUDA device is available "
+                        "(use auto or cpu)")
+    if setting not in ("cpu", "cuda"):
+        raise UserError(f"device: must be auto, cpu or cuda, got {setting!r}")
+    return torch.device(setting)
+
+
+@dataclass(frozen=True)
+class Extractor:
+    space: str  # "domain" | "inception": the metric-name component
+    identity: str  # what produced the features (file sha256 / sha1), for cache keys
+    forward: Callable[[torch.Tensor], torch.Tensor]  # uint8 (B, H, W, C) on device -> (B, D)
+    device: torch.device
+    image_shape: tuple[int, int, int] | None = None  # required input (H, W, C); None = any
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def domain_extractor(featurenet_path: str | os.PathLike[str],
+                     device: torch.device | str = "cpu") -> Extractor:
+    """FeatureNet penultimate-layer features (4 * width dims)."""
+    from pipeline.metrics.featurenet import load_featurenet, to_input
+
+    device = torch.device(device)
+    model, meta = load_featurenet(featurenet_path, device)
+    return Extractor("domain", "featurenet:" + file_sha256(featurenet_path),
+                     lambda x: model.features(to_input(x)), device,
+                     tuple(meta["image_shape"]))
+
+
+def inception_extractor(device: torch.device | str = "cpu") -> Extractor:
+    """Inception-v3 pool3 features (2048 dims) with the documented preprocessing."""
+    from pipeline.metrics.inception import INCEPTION_SHA1, load_inception, preprocess
+
+    device = torch.device(device)
+    model = load_inception(device)
+    return Extractor("inception", "inception:" + INCEPTION_SHA1.lower(),
+                     lambda x: model(preprocess(x)), device)
+
+
+@torch.no_grad()
+def extract(images: np.ndarray, ex: Extractor, batch_size: int = 500,
+            desc: str | None = None, where: str | os.PathLike[str] = "images") -> np.ndarray:
+    """Features (N, D) float32 of uint8 (N, H, W, C) images; UserError on bad shape or NaN."""
+    from tqdm import tqdm
+
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise UserError(f"{where}: images must be uint8 (N, H, W, C), got "
+                        f"{images.dtype} {images.shape}")
+    if ex.image_shape is not None and tuple(images.shape[1:]) != tuple(ex.image_shape):
+        raise UserError(f"{where}: images are {tuple(images.shape[1:])} (H, W, C) but the "
+                        f"{ex.space} feature net was trained on {tuple(ex.image_shape)}; "
+                        "rerun the featurenet stage on this data")
+    out = []
+    steps = range(0, len(images), batch_size)
+    for i in tqdm(steps, desc=desc or f"{ex.space} features", leave=False, mininterval=2,
+                  disable=len(steps) < 3):
+        batch = torch.from_numpy(images[i : i + batch_size]).to(ex.device)
+        out.append(ex.forward(batch).float().cpu().numpy())
+    feats = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    if not np.isfinite(feats).all():
+        raise UserError(f"{where}: {ex.space} features contain NaN/inf")
+    return feats
