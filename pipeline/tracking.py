@@ -27,6 +27,12 @@ from pipeline.io import write_json
 
 UI_VIEW = "?workflowType=machine_learning"  # MLflow 3.17 UI otherwise opens its GenAI view
 
+# MLflow's HTTP client retries a dead server for minutes by default; a stage should notice in
+# seconds and carry on writing its files (users can still raise these in the environment).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
 
 def _git(*args: str) -> str:
     try:
@@ -164,6 +170,23 @@ class Tracker:
         ensure_reachable(uri)
         return cls(uri, run_id, exp_id)
 
+    @classmethod
+    def resume(cls, uri: str, run_id: str, experiment_id: str) -> Tracker | None:
+        """Reopen an interrupted training run (a resumed Ray run keeps its MLflow run) and mark
+        it RUNNING again; None when that run no longer exists in `uri`."""
+        from mlflow.tracking import MlflowClient
+
+        ensure_reachable(uri)
+        client = MlflowClient(tracking_uri=uri)
+        try:
+            run = client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - deleted run, other store: start a new run instead
+            return None
+        if run.info.lifecycle_stage != "active":
+            return None
+        client.update_run(run_id, status="RUNNING")
+        return cls(uri, run_id, experiment_id)
+
     def write_run_file(self, path: str | os.PathLike[str], **extra: Any) -> None:
         """Write `models/run.json`: how later stages (and users) find this run."""
         write_json(path, {
@@ -176,10 +199,15 @@ class Tracker:
 
     # -- logging ---------------------------------------------------------------------------------
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # After the first failure the server is taken as gone: later calls are only recorded as
+        # lost, so a dead server costs one retry cycle, not one per epoch.
+        if self.lost:
+            self.lost.append(what)
+            return None
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any tracking failure must not lose the stage's files
-            self.lost.append(f"{what} ({type(exc).__name__})")
+            self.lost.append(f"{what} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
             return None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 RAW_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
@@ -95,3 +96,26 @@ def run_stage() -> Callable[..., subprocess.CompletedProcess[str]]:
                               timeout=120)
 
     return run
+
+
+def copy_repo(dest: Path) -> Path:
+    """The repo's files (tracked, plus new ones not ignored) without data or outputs; a git repo."""
+    import shutil
+
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for rel in listed.splitlines():
+        src = REPO / rel
+        if rel.startswith(("data/", "metrics/", "models/")) or rel == "dvc.lock" \
+                or not src.is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def repo_env(repo: Path, **extra: str) -> dict[str, str]:
+    """Environment for running stages/dvc in a repo copy: its own `pipeline`, the venv's tools."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": str(repo), "DVC_NO_ANALYTICS": "1", **extra}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import copy_repo, repo_env
 
 from pipeline.data.arrays import load_split
 
@@ -19,30 +18,16 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _copy_repo(dest: Path) -> None:
-    """The repo's files (tracked, plus new ones not ignored) without any data or outputs."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for rel in listed.splitlines():
-        src = REPO / rel
-        if rel.startswith(("data/", "metrics/", "models/")) or not src.is_file():
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest / rel)
-
-
 @pytest.mark.integration
 def test_dvc_repro_prepare_on_digits(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    _copy_repo(repo)
+    copy_repo(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["dataset"] = "digits"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     # The copy's own `pipeline` package (PYTHONPATH beats the editable install of /work/main).
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1"}
+    env = repo_env(repo, OMP_NUM_THREADS="1")
 
     def repro() -> str:
         done = subprocess.run([str(BIN / "dvc"), "repro", "prepare"], cwd=repo, env=env,

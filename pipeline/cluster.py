@@ -1,0 +1,158 @@
+"""Running the train stage on a Ray cluster: shared storage, job submission, outputs back.
+
+`gan-forensics submit` (what `make submit` runs) does, from the user's machine:
+  1. copy `data/prepared/train.npz` to `<ray.storage_path>/inputs/` (DVC-tracked data is
+     gitignored, so `ray job submit` would never upload it),
+  2. submit `python stages/train.py ...` as a Ray job with this repo as its working dir,
+  3. follow its logs until it ends, and
+  4. copy the job's exported outputs (`<storage>/exports/<job>/{models,metrics}`) back into
+     `models/` and `metrics/`, where DVC tracks them (`dvc commit train` records them).
+
+Storage is anything pyarrow understands: a local/NFS path or `s3://bucket/prefix`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+SHARED_ENV = "GAN_FORENSICS_SHARED_STORAGE"  # "1": this plain path is shared by every node
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def storage_root(storage_path: str, root: Path | None = None) -> str:
+    """An absolute storage location: URIs unchanged, relative paths resolved under `root`."""
+    if is_uri(storage_path):
+        return storage_path.rstrip("/")
+    return str(((root or Path.cwd()) / storage_path).resolve())
+
+
+def check_shared_storage(storage: str, num_nodes: int) -> None:
+    """Refuse a node-local checkpoint path on a multi-node cluster (checkpoints would be lost)."""
+    if num_nodes > 1 and not is_uri(storage) and os.environ.get(SHARED_ENV) != "1":
+        raise UserError(
+            f"ray.storage_path: {storage} is a local path but the cluster has {num_nodes} nodes; "
+            f"use shared storage (s3://bucket/prefix, or an NFS path mounted on every node and "
+            f"{SHARED_ENV}=1)"
+        )
+
+
+def _fs(location: str):  # -> tuple[pyarrow.fs.FileSystem, str]
+    import pyarrow.fs as pafs
+
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), location
+
+
+def read_bytes(location: str) -> bytes:
+    """Read a whole file from a local path or a storage URI."""
+    fs, path = _fs(location)
+    try:
+        with fs.open_input_stream(path) as fh:
+            return fh.read()
+    except (OSError, FileNotFoundError) as exc:
+        raise UserError(f"{location}: cannot read ({exc})") from None
+
+
+def copy_file(src: str, dest: str) -> None:
+    """Copy one file between local paths and storage URIs (either side)."""
+    import pyarrow.fs as pafs
+
+    src_fs, src_path = _fs(src)
+    dest_fs, dest_path = _fs(dest)
+    dest_fs.create_dir(os.path.dirname(dest_path), recursive=True)
+    pafs.copy_files(src_path, dest_path, source_filesystem=src_fs,
+                    destination_filesystem=dest_fs)
+
+
+def export_outputs(files: list[Path], export: str, root: Path | None = None) -> None:
+    """Copy output files to `<export>/<path relative to root>` (run by the job, after fit)."""
+    root = (root or Path.cwd()).resolve()
+    for path in files:
+        copy_file(str(path.resolve()), f"{export}/{path.resolve().relative_to(root)}")
+
+
+def pull_outputs(export: str, dest_root: Path) -> list[Path]:
+    """Copy `<export>/{models,metrics}/**` into `dest_root/{models,metrics}`; return local paths."""
+    import pyarrow.fs as pafs
+
+    fs, base = _fs(export)
+    pulled = []
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        rel = Path(info.path).relative_to(Path(base))
+        target = dest_root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.pull")
+        with fs.open_input_stream(info.path) as src, open(tmp, "wb") as dst:
+            dst.write(src.read())
+        os.replace(tmp, target)
+        pulled.append(target)
+    return pulled
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def submit_train(address: str, storage_path: str, data: Path, tracking_uri: str,
+                 timeout_s: float = 3600.0, root: Path | None = None) -> list[Path]:
+    """Submit the train stage as a Ray job, follow it, and pull its outputs back."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    root = root or Path.cwd()
+    storage = storage_root(storage_path, root)
+    if not is_uri(storage) and os.environ.get(SHARED_ENV) != "1":
+        raise UserError(
+            f"ray.storage_path: {storage} must be storage both this machine and the cluster "
+            f"reach: s3://bucket/prefix, or an NFS path mounted on both and {SHARED_ENV}=1"
+        )
+    if not data.is_file():
+        raise UserError(f"{data}: not found; run `dvc repro prepare` first")
+    remote_data = f"{storage}/inputs/train-{sha256_file(data)[:16]}.npz"
+    copy_file(str(data.resolve()), remote_data)
+    job = f"gan-train-{uuid.uuid4().hex[:8]}"
+    export = f"{storage}/exports/{job}"
+    entrypoint = (f"python stages/train.py --data {remote_data} --models models "
+                  f"--metrics metrics --export {export}")
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": "."}
+    if os.environ.get(SHARED_ENV):
+        env[SHARED_ENV] = os.environ[SHARED_ENV]
+    try:
+        client = JobSubmissionClient(address)
+    except Exception as exc:  # noqa: BLE001 - connection errors come in many types
+        raise UserError(f"Ray cluster {address} is unreachable ({exc})") from None
+    client.submit_job(entrypoint=entrypoint, submission_id=job, runtime_env={
+        "working_dir": str(root), "env_vars": env,
+        "excludes": [".venv", ".git", "data", "mlartifacts", "mlruns", "ray_results", ".cache"],
+    })
+    print(f"submitted {job} to {address}")
+    shown, deadline = 0, time.monotonic() + timeout_s
+    status = client.get_job_status(job)
+    while not status.is_terminal():
+        if time.monotonic() > deadline:
+            client.stop_job(job)
+            raise UserError(f"job {job} did not finish within {timeout_s:.0f} s; stopped it")
+        time.sleep(2)
+        logs = client.get_job_logs(job)
+        print(logs[shown:], end="", flush=True)
+        shown = len(logs)
+        status = client.get_job_status(job)
+    print(client.get_job_logs(job)[shown:], end="", flush=True)
+    if status != JobStatus.SUCCEEDED:
+        raise UserError(f"job {job} ended {status.value}; its logs are above")
+    return pull_outputs(export, root)

@@ -1,0 +1,96 @@
+"""GAN checkpoints: plain dicts of state_dicts + config, saved atomically, loaded weights-only.
+
+One format serves Ray Train's per-epoch checkpoints (G, D, both Adam states, epoch, step, RNG,
+epoch history) and the DVC outs `models/generator.pt` / `models/discriminator.pt` (one model each):
+
+    {"format": FORMAT, "model_config": {...}, "image_shape": [C, H, W], "num_classes": int,
+     "class_names": [...], "epoch": int, "step": int, "generator": state_dict, ...}
+
+Other stages load a model with `load_generator(path)` / `load_discriminator(path)`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import UserError
+from pipeline.io import atomic_path
+from pipeline.models.dcgan import Discriminator, Generator, build_models
+
+FORMAT = "gan-forensics/dcgan-v1"
+META_KEYS = ("format", "model_config", "image_shape", "num_classes", "class_names", "epoch",
+             "step")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare module under a DDP wrapper (what checkpoints store)."""
+    return getattr(model, "module", model)
+
+
+def make_checkpoint(*, model_config: dict, image_shape: tuple[int, int, int], num_classes: int,
+                    class_names: list[str] | None = None, epoch: int = 0, step: int = 0,
+                    **parts: Any) -> dict[str, Any]:
+    """A checkpoint dict; `parts` are e.g. generator=..., discriminator=..., opt_g=..., rng=..."""
+    ckpt: dict[str, Any] = {
+        "format": FORMAT, "model_config": dict(model_config), "image_shape": list(image_shape),
+        "num_classes": int(num_classes), "class_names": list(class_names or []),
+        "epoch": int(epoch), "step": int(step),
+    }
+    for key, value in parts.items():
+        ckpt[key] = value.state_dict() if isinstance(value, nn.Module | torch.optim.Optimizer) \
+            else value
+    return ckpt
+
+
+def save_checkpoint(path: str | os.PathLike[str], ckpt: dict[str, Any]) -> None:
+    """`torch.save` to a temp file beside `path`, then rename (never a partial checkpoint)."""
+    with atomic_path(path, ".pt") as tmp:
+        torch.save(ckpt, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint dict with `weights_only=True`; a bad file is a one-line `UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found (run the train stage)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
+        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path}: not a {FORMAT} checkpoint")
+    return ckpt
+
+
+def _load(path: str | os.PathLike[str], key: str,
+          device: str | torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    ckpt = load_checkpoint(path)
+    if key not in ckpt:
+        raise UserError(f"{path}: checkpoint has no {key} weights")
+    G, D = build_models(ckpt["model_config"], tuple(ckpt["image_shape"]), ckpt["num_classes"])
+    model = G if key == "generator" else D
+    model.load_state_dict(ckpt[key])
+    meta = {k: ckpt[k] for k in META_KEYS}
+    return model.to(device).eval(), meta
+
+
+def load_generator(path: str | os.PathLike[str],
+                   device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
+    """(G in eval mode, meta). meta: model_config (latent_dim, conditional, ...), image_shape
+    [C, H, W], num_classes, class_names, epoch, step. G(z, labels) returns images in [-1, 1]."""
+    model, meta = _load(path, "generator", device)
+    assert isinstance(model, Generator)
+    return model, meta
+
+
+def load_discriminator(path: str | os.PathLike[str],
+                       device: str | torch.device = "cpu") -> tuple[Discriminator, dict[str, Any]]:
+    """(D in eval mode, meta); D(x in [-1, 1], labels) returns logits (B,)."""
+    model, meta = _load(path, "discriminator", device)
+    assert isinstance(model, Discriminator)
+    return model, meta

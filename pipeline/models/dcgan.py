@@ -1,0 +1,117 @@
+"""DCGAN generator and discriminator for 28, 32 and 64 px images, optionally class-conditional.
+
+Radford et al. 2015 (arXiv:1511.06434): transposed-conv generator with BatchNorm + ReLU and a tanh
+output in [-1, 1]; strided-conv discriminator with LeakyReLU(0.2) and BatchNorm after its first
+layer. The discriminator returns LOGITS (train it with `BCEWithLogitsLoss`). Conditional mode:
+G sees `[z, embed(y)]`; D sees the image plus one extra channel, a learned per-class plane.
+
+    G = Generator(latent_dim=100, features=64, channels=1, image_size=28)
+    img = G(torch.randn(16, 100))                      # (16, 1, 28, 28) in [-1, 1]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+IMAGE_SIZES = (28, 32, 64)
+
+
+def _plan(image_size: int) -> tuple[int, int]:
+    """(start side, number of x2 upsamplings): 28 = 7*2*2, 32 = 4*2^3, 64 = 4*2^4."""
+    if image_size not in IMAGE_SIZES:
+        raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {image_size}")
+    start = 7 if image_size == 28 else 4
+    return start, int(math.log2(image_size // start))
+
+
+def weights_init(module: nn.Module) -> None:
+    """DCGAN init: conv weights ~ N(0, 0.02); BatchNorm weights ~ N(1, 0.02), biases 0."""
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class Generator(nn.Module):
+    """z (B, latent_dim) [+ labels (B,)] -> images (B, C, H, W) in [-1, 1]."""
+
+    def __init__(self, latent_dim: int, features: int, channels: int, image_size: int,
+                 num_classes: int = 0, embed_dim: int = 16) -> None:
+        super().__init__()
+        start, ups = _plan(image_size)
+        self.latent_dim, self.num_classes = latent_dim, num_classes
+        self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
+        in_dim = latent_dim + (embed_dim if num_classes else 0)
+        width = features * 2 ** (ups - 1)  # halves at every upsampling, ends at `features`
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(in_dim, width, start, 1, 0, bias=False),  # (B, width, s, s)
+            nn.BatchNorm2d(width), nn.ReLU(True),
+        ]
+        for _ in range(ups - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),  # side x2
+                       nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("conditional generator needs labels")
+            z = torch.cat([z, self.embed(labels)], dim=1)  # (B, latent + embed)
+        return self.net(z[:, :, None, None])  # (B, C, H, W)
+
+
+class Discriminator(nn.Module):
+    """images (B, C, H, W) [+ labels (B,)] -> logits (B,)."""
+
+    def __init__(self, features: int, channels: int, image_size: int,
+                 num_classes: int = 0, embed_dim: int = 16) -> None:
+        super().__init__()
+        start, downs = _plan(image_size)
+        self.image_size, self.num_classes = image_size, num_classes
+        # Conditional: the label becomes one extra input plane (embedding -> H*W pixels).
+        self.embed = (nn.Sequential(nn.Embedding(num_classes, embed_dim),
+                                    nn.Linear(embed_dim, image_size * image_size))
+                      if num_classes else None)
+        width = features
+        layers: list[nn.Module] = [
+            nn.Conv2d(channels + (1 if num_classes else 0), width, 4, 2, 1, bias=False),
+            nn.LeakyReLU(0.2, inplace=True),  # no BatchNorm on the input layer (DCGAN)
+        ]
+        for _ in range(downs - 1):
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),  # side / 2
+                       nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, inplace=True)]
+            width *= 2
+        layers += [nn.Conv2d(width, 1, start, 1, 0, bias=False)]  # (B, 1, 1, 1) logits
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("conditional discriminator needs labels")
+            plane = self.embed(labels).view(-1, 1, self.image_size, self.image_size)
+            x = torch.cat([x, plane.to(x.dtype)], dim=1)  # (B, C + 1, H, W)
+        return self.net(x).flatten()  # (B,)
+
+
+def build_models(model_cfg: dict, image_shape: tuple[int, int, int],
+                 num_classes: int) -> tuple[Generator, Discriminator]:
+    """G and D from a plain model config dict (`ModelConfig.model_dump()`), DCGAN-initialised."""
+    channels, height, width = image_shape
+    if height != width:
+        raise ValueError(f"images must be square, got {height}x{width}")
+    classes = num_classes if model_cfg.get("conditional") else 0
+    embed = int(model_cfg.get("embed_dim", 16))
+    G = Generator(int(model_cfg["latent_dim"]), int(model_cfg["g_features"]), channels,
+                  height, classes, embed)
+    D = Discriminator(int(model_cfg["d_features"]), channels, height, classes, embed)
+    G.apply(weights_init)
+    D.apply(weights_init)
+    return G, D

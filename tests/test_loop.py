@@ -1,0 +1,117 @@
+"""The worker loop in-process (no Ray): losses, resume, determinism, NaN, bf16, outputs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.models import build_models
+from pipeline.train.data import batches
+from pipeline.train.loop import (
+    LocalHooks,
+    NonFiniteLossError,
+    WorkerConfig,
+    run_epoch,
+    train_worker,
+)
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
+def digits(size: int = 28) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """sklearn's 8x8 digits upscaled to uint8 (N, size, size, 1): tiny real images."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images[:, None].astype(np.float32) / 16.0)
+    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    images = (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return images, d.target.astype(np.int64), [str(i) for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    return digits()
+
+
+def config(tmp_path: Path, **train: object) -> WorkerConfig:
+    defaults = {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 6, "grid_size": 16}
+    return WorkerConfig(model=ModelConfig(latent_dim=16, g_features=8, d_features=8),
+                        train=TrainConfig(**{**defaults, **train}), seed=0,
+                        metrics_dir=str(tmp_path / "metrics"))
+
+
+def test_trains_and_writes_log_and_grids(tmp_path: Path, data) -> None:
+    hooks = LocalHooks(tmp_path / "ckpt")
+    last = train_worker(config(tmp_path, epochs=3, max_steps_per_epoch=15), *data, hooks)
+    losses = [r["loss_d"] for r in hooks.reports]
+    assert [r["epoch"] for r in hooks.reports] == [1, 2, 3] and last["step"] == 45
+    assert all(np.isfinite([r[k] for r in hooks.reports for k in ("loss_d", "loss_g")]))
+    assert losses[-1] < losses[0]  # D learns to tell digits from an untrained G
+    assert 0 < last["d_fake"] < last["d_real"] < 1 and last["images_per_s"] > 0
+    rows = read_log(tmp_path / "metrics" / "train_log.csv")
+    assert list(rows[0]) == ["epoch", "loss_d", "loss_g", "d_real", "d_fake", "images_per_s",
+                             "epoch_seconds"]
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    grid = Image.open(tmp_path / "metrics" / "samples" / "epoch_003.png")
+    assert grid.mode == "L" and grid.size == (4 * 30 + 2, 4 * 30 + 2)  # 4x4 of 28 px + pad 2
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "epoch_003" / "samples").iterdir()) == [
+        "epoch_001.png", "epoch_002.png", "epoch_003.png"]
+
+
+def test_same_seed_same_losses(tmp_path: Path, data) -> None:
+    runs = []
+    for name in ("a", "b"):
+        hooks = LocalHooks(tmp_path / name)
+        train_worker(config(tmp_path / name, epochs=1), *data, hooks)
+        runs.append((hooks.reports[0]["loss_d"], hooks.reports[0]["loss_g"]))
+    assert runs[0] == runs[1]
+
+
+def test_resume_continues_exactly(tmp_path: Path, data) -> None:
+    straight = LocalHooks(tmp_path / "straight")
+    train_worker(config(tmp_path / "s", epochs=3), *data, straight)
+    resumed = LocalHooks(tmp_path / "resumed")
+    train_worker(config(tmp_path / "r", epochs=2), *data, resumed)
+    (tmp_path / "r" / "metrics" / "train_log.csv").unlink()  # DVC deletes outs before a rerun
+    train_worker(config(tmp_path / "r", epochs=3), *data, resumed)
+    assert [r["epoch"] for r in resumed.reports] == [1, 2, 3]  # epochs 1-2 not redone
+    assert resumed.reports[-1]["loss_d"] == straight.reports[-1]["loss_d"]
+    assert resumed.reports[-1]["step"] == 18
+    rows = read_log(tmp_path / "r" / "metrics" / "train_log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]  # history restored, no duplicates
+
+
+def test_conditional_bf16_channels_last_on_cpu(tmp_path: Path, data) -> None:
+    cfg = config(tmp_path, epochs=1, max_steps_per_epoch=3, precision="bf16",
+                 channels_last=True)
+    cfg = WorkerConfig(**{**cfg.__dict__, "model": ModelConfig(
+        latent_dim=16, g_features=8, d_features=8, conditional=True, embed_dim=4)})
+    hooks = LocalHooks(tmp_path / "ckpt")
+    last = train_worker(cfg, *data, hooks)
+    assert np.isfinite(last["loss_d"]) and np.isfinite(last["loss_g"])
+
+
+def test_nonfinite_loss_names_epoch_and_step(data) -> None:
+    images, labels, _ = data
+    G, D = build_models({"latent_dim": 16, "g_features": 8, "d_features": 8}, (1, 28, 28), 10)
+    calls = {"n": 0}
+
+    def poisoned(module, args, output):  # D's 3rd forward (step 1, D phase) returns NaN
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == 3 else output
+
+    D.register_forward_hook(poisoned)
+    opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    loader = batches(images, labels, list(range(256)), 32, torch.device("cpu"))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 7 step 1 .*loss_d=nan"):
+        run_epoch(G, D, opt_g, opt_d, loader, epoch=7, latent_dim=16, num_classes=0,
+                  noise=torch.Generator().manual_seed(0), device=torch.device("cpu"))

@@ -1,0 +1,104 @@
+"""DCGAN shapes, init statistics and checkpoint round-trips (fast, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.errors import UserError
+from pipeline.models import (
+    Discriminator,
+    Generator,
+    build_models,
+    load_checkpoint,
+    load_discriminator,
+    load_generator,
+    make_checkpoint,
+    save_checkpoint,
+)
+
+CFG = {"latent_dim": 12, "g_features": 8, "d_features": 8, "conditional": False, "embed_dim": 4}
+
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_shapes_and_ranges(size: int, channels: int, conditional: bool) -> None:
+    G, D = build_models({**CFG, "conditional": conditional}, (channels, size, size), 10)
+    labels = torch.tensor([0, 3, 9]) if conditional else None
+    fake = G(torch.randn(3, 12), labels)
+    assert fake.shape == (3, channels, size, size)
+    assert fake.min() >= -1 and fake.max() <= 1  # tanh
+    logits = D(fake, labels)
+    assert logits.shape == (3,)
+    # Logits, not probabilities: an input far from anything seen gives values outside [0, 1].
+    assert not isinstance(D.net[-1], torch.nn.Sigmoid)
+
+
+def test_conditional_models_need_labels() -> None:
+    G, D = build_models({**CFG, "conditional": True}, (1, 28, 28), 10)
+    with pytest.raises(ValueError, match="labels"):
+        G(torch.randn(2, 12))
+    with pytest.raises(ValueError, match="labels"):
+        D(torch.zeros(2, 1, 28, 28))
+
+
+def test_unsupported_size_is_rejected() -> None:
+    with pytest.raises(ValueError, match="image_size"):
+        Generator(10, 8, 1, 48)
+
+
+def test_weights_init_statistics() -> None:
+    torch.manual_seed(0)
+    G, D = build_models({**CFG, "g_features": 64, "d_features": 64}, (1, 64, 64), 10)
+    convs = [m.weight for m in [*G.modules(), *D.modules()]
+             if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+    w = torch.cat([c.flatten() for c in convs])
+    assert abs(w.mean().item()) < 1e-3 and abs(w.std().item() - 0.02) < 1e-3
+    bns = [m for m in [*G.modules(), *D.modules()] if isinstance(m, torch.nn.BatchNorm2d)]
+    gamma = torch.cat([b.weight.flatten() for b in bns])
+    assert abs(gamma.mean().item() - 1) < 5e-3 and abs(gamma.std().item() - 0.02) < 5e-3
+    assert all((b.bias == 0).all() for b in bns)
+
+
+def test_checkpoint_round_trip_weights_only(tmp_path) -> None:
+    cfg = {**CFG, "conditional": True}
+    G, D = build_models(cfg, (3, 32, 32), 5)
+    opt = torch.optim.Adam(G.parameters())
+    G(torch.randn(4, 12), torch.arange(4)).mean().backward()
+    opt.step()
+    ckpt = make_checkpoint(model_config=cfg, image_shape=(3, 32, 32), num_classes=5,
+                           class_names=list("abcde"), epoch=3, step=42, generator=G,
+                           discriminator=D, opt_g=opt, rng_torch=torch.get_rng_state(),
+                           history=[{"epoch": 1, "loss_d": 1.0}])
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, ckpt)
+    assert list(tmp_path.iterdir()) == [path]  # atomic: no temp file left behind
+    raw = torch.load(path, weights_only=True)  # plain data only
+    assert raw["epoch"] == 3 and raw["step"] == 42 and raw["history"][0]["loss_d"] == 1.0
+    assert "state" in load_checkpoint(path)["opt_g"]
+
+    G2, meta = load_generator(path)
+    D2, _ = load_discriminator(path)
+    assert isinstance(G2, Generator) and isinstance(D2, Discriminator)
+    assert meta["image_shape"] == [3, 32, 32] and meta["class_names"] == list("abcde")
+    assert meta["model_config"]["latent_dim"] == 12 and meta["epoch"] == 3
+    G.eval()
+    z, y = torch.randn(2, 12), torch.tensor([1, 4])
+    torch.testing.assert_close(G2(z, y), G(z, y))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    D.eval()
+    torch.testing.assert_close(D2(x, y), D(x, y))
+
+
+def test_bad_checkpoints_are_user_errors(tmp_path) -> None:
+    with pytest.raises(UserError, match="not found"):
+        load_generator(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_generator(tmp_path / "junk.pt")
+    G, _ = build_models(CFG, (1, 28, 28), 10)
+    save_checkpoint(tmp_path / "g.pt", make_checkpoint(model_config=CFG, image_shape=(1, 28, 28),
+                                                       num_classes=10, generator=G))
+    with pytest.raises(UserError, match="no discriminator"):
+        load_discriminator(tmp_path / "g.pt")
