@@ -125,6 +125,7 @@ class Tracker:
         self.experiment_id = experiment_id
         self.client = MlflowClient(tracking_uri=uri)
         self.lost: list[str] = []
+        self.model: tuple[str | None, str | None] = (None, None)  # registered (name, version)
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -168,7 +169,9 @@ class Tracker:
         explicit = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         uri = tracking_uri(cfg) if explicit else (info.get("tracking_uri") or tracking_uri(cfg))
         ensure_reachable(uri)
-        return cls(uri, run_id, exp_id)
+        tracker = cls(uri, run_id, exp_id)
+        tracker.model = (info.get("registered_model"), info.get("model_version"))
+        return tracker
 
     @classmethod
     def resume(cls, uri: str, run_id: str, experiment_id: str) -> Tracker | None:
@@ -269,8 +272,11 @@ class Tracker:
 
         return self._call(f"model {name}", log)
 
-    def tag_model_version(self, name: str, version: str, metrics: Mapping[str, Any]) -> None:
-        """Put key metrics (FID, detector AUC, ...) on a registered model version."""
+    def tag_model_version(self, metrics: Mapping[str, Any]) -> None:
+        """Put key metrics (FID, detector AUC, ...) on this run's registered model version."""
+        name, version = self.model
+        if not (name and version):
+            return
         for key, value in metrics.items():
             self._call(f"model version tag {key}", self.client.set_model_version_tag,
                        name, version, key, str(value))

@@ -52,6 +52,8 @@ def main() -> None:
         tracker.log_metrics({f"detect/{k}": v for k, v in result.metrics.items()})
         for path in (args.metrics, args.roc, args.plots / "roc.png"):
             tracker.log_artifact(path, "detect")
+        tracker.tag_model_version({k: f"{m[k]:.4g}" for k in
+                                   ("detector_auc", "detector_eer", "detector_tpr_at_1fpr")})
         tracker.close()
 
 

@@ -48,6 +48,9 @@ def main() -> None:
                                  if isinstance(v, int | float)})
             for path in (args.metrics, png):
                 tracker.log_artifact(path, "evaluate")
+            tracker.tag_model_version({k: f"{v:.4g}" for k, v in metrics.items()
+                                       if k.startswith(("fid_", "precision_", "recall_"))
+                                       and "floor" not in k and isinstance(v, float)})
         finally:
             tracker.close()
         print(f"logged to MLflow run {tracker.run_id}")

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import gz, idx_bytes
 from PIL import Image
 
 from pipeline.config import parse_params
 from pipeline.data.prepare import prepare_dataset
 from pipeline.data.sources import IDX_FILES, fetch_dataset
 from pipeline.errors import UserError
+
+from conftest import gz, idx_bytes
 
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, _ = IDX_FILES
 FAKE = gz(b"not fashion-mnist")

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import copy_repo, repo_env
 
 from pipeline.data.arrays import load_split
+
+from conftest import copy_repo, repo_env
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

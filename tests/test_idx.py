@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import gz, idx_bytes
 
 from pipeline.data.idx import encode_idx, read_idx, read_images, read_labels, write_idx
 from pipeline.errors import UserError
+
+from conftest import gz, idx_bytes
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 RNG = np.random.default_rng(0)

@@ -274,6 +274,18 @@ def _export(ckpt_dir: Path, models_dir: Path, metrics_dir: Path) -> list[dict[st
     return history
 
 
+def _log_generator(tracker: Tracker, path: Path, registered_model: str) -> str | None:
+    """Log G as an MLflow model (signature + input example) and register it; its version."""
+    from pipeline.models import load_generator
+    from pipeline.models.serving import Sampler
+
+    generator, meta = load_generator(path)
+    cfg = meta["model_config"]
+    sampler = Sampler(generator, cfg["latent_dim"], cfg["conditional"])
+    return tracker.log_pytorch_model(sampler, "generator", sampler.input_example(),
+                                     registered_model)
+
+
 def train(params: Params, data: str | Path, models_dir: Path, metrics_dir: Path,
           root: Path | None = None) -> dict[str, Any]:
     """Run (or resume) distributed GAN training; write the train stage's outs; return train.json."""
@@ -313,11 +325,14 @@ def train(params: Params, data: str | Path, models_dir: Path, metrics_dir: Path,
                        "mean_images_per_s": sum(r["images_per_s"] for r in history)
                        / len(history)}
             write_json(metrics_dir / "train.json", summary)
+            _loss_plot(history, metrics_dir / "train_loss.png")
+            version = _log_generator(tracker, models_dir / "generator.pt",
+                                     params.mlflow.registered_model)
             tracker.write_run_file(models_dir / "run.json", run_name=name,
-                                   world_size=rc.num_workers)
-            with tempfile.TemporaryDirectory() as tmp:
-                _loss_plot(history, Path(tmp) / "loss_curves.png")
-                tracker.log_artifact(Path(tmp) / "loss_curves.png", "plots")
+                                   world_size=rc.num_workers,
+                                   registered_model=params.mlflow.registered_model,
+                                   model_version=version)
+            tracker.log_artifact(metrics_dir / "train_loss.png", "plots")
             tracker.log_metrics({"train/total_seconds": summary["total_seconds"]})
             status, failed = "FINISHED", False
         except KeyboardInterrupt:
