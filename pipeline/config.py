@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import UserError
 
@@ -102,6 +109,12 @@ class InceptionConfig(Section):
     num_samples: int = Field(10000, ge=10)  # k-NN precision/recall needs more than k images
     cpu_num_samples: int = Field(200, ge=10)
     batch_size: int = Field(50, gt=0)
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `on`/`off` as true/false; accept what the user meant.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class EvaluateConfig(Section):

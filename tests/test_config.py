@@ -65,3 +65,11 @@ def test_params_are_frozen_and_hash_is_stable():
         a.train.epochs = 7  # type: ignore[misc]
     assert params_hash(a.train) == params_hash(parse_params({}).train)
     assert params_hash(a.train) != params_hash(parse_params({"train": {"epochs": 9}}).train)
+
+
+def test_gpu_profile_is_valid_and_yaml_on_means_on():
+    params = load_params(REPO / "params-gpu.yaml")
+    assert params.ray.use_gpu and params.train.precision == "bf16"
+    assert params.evaluate.inception.enabled == "on"  # written as a bare YAML `on`
+    assert parse_params({"evaluate": {"inception": {"enabled": False}}}).evaluate.inception \
+        .enabled == "off"
