@@ -105,9 +105,9 @@ def test_nonfinite_loss_names_epoch_and_step(data) -> None:
     G, D = build_models({"latent_dim": 16, "g_features": 8, "d_features": 8}, (1, 28, 28), 10)
     calls = {"n": 0}
 
-    def poisoned(module, args, output):  # D's 3rd forward (step 1, D phase) returns NaN
+    def poisoned(module, args, output):  # 3 D forwards a step: the 4th is step 1, D phase
         calls["n"] += 1
-        return output * float("nan") if calls["n"] == 3 else output
+        return output * float("nan") if calls["n"] == 4 else output
 
     D.register_forward_hook(poisoned)
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())

@@ -121,12 +121,17 @@ def ray_session(params: Params) -> Iterator[str]:
     # ray.init installs a C++ handler that turns SIGTERM into an abort (no cleanup, cluster
     # left behind); keep the caller's Python handler (the stage's: unwind like Ctrl-C).
     on_term = signal.getsignal(signal.SIGTERM)
+    # Ray's own loggers in workers/actors at ERROR: without a dashboard, Train V2's
+    # PlacementGroupCleaner warns every few seconds that the state API is unavailable. Our
+    # epoch lines are prints, so they still reach the driver.
+    quiet = ray.LoggingConfig(encoding="TEXT", log_level="ERROR")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, logging_config=quiet)
     else:
         temp_dir = tempfile.mkdtemp(prefix="rgf-", dir="/tmp")  # unix sockets: short paths
         ray.init(num_cpus=params.ray.num_workers * params.ray.cpus_per_worker,
-                 include_dashboard=False, logging_level=logging.WARNING, _temp_dir=temp_dir)
+                 include_dashboard=False, logging_level=logging.WARNING, _temp_dir=temp_dir,
+                 logging_config=quiet)
     if callable(on_term) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_term)
     try:

@@ -144,26 +144,28 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
                        if conditional else None)
         ones, zeros = torch.ones(b, device=device), torch.zeros(b, device=device)
 
-        # (1) Update D: maximise log D(x) + log(1 - D(G(z))); real and fake in one forward.
+        # (1) Update D: maximise log D(x) + log(1 - D(G(z))). Real and fake go through D in
+        # separate forwards (as in the DCGAN paper's code): D's BatchNorm then normalises each
+        # batch by its own statistics, in this phase and in (2) alike. One mixed forward lets
+        # BatchNorm leak batch-level real/fake information, and G then collapses onto a few
+        # modes (measured: tops only on Fashion-MNIST, recall 0.09).
         with _autocast(precision, device):
             fake = G(z, fake_labels) if conditional else G(z)  # (B, C, H, W)
-            both = torch.cat([real, fake.detach().to(real.dtype)])  # (2B, C, H, W)
-            both_labels = torch.cat([labels, fake_labels]) if conditional else None
-            logits = D(both, both_labels) if conditional else D(both)  # (2B,)
-            # x2: the mean over 2B equals BCE(real) + BCE(fake), the usual loss_d scale.
-            loss_d = 2 * criterion(logits.float(), torch.cat([ones, zeros]))
+            logits_real = D(real, labels) if conditional else D(real)  # (B,)
+            detached = fake.detach().to(real.dtype)
+            logits_fake = D(detached, fake_labels) if conditional else D(detached)  # (B,)
+            loss_d = (criterion(logits_real.float(), ones)
+                      + criterion(logits_fake.float(), zeros))
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
 
-        # (2) Update G: maximise log D(G(z)) (non-saturating). D sees the same real+fake mix
-        # as in (1): its BatchNorm uses batch statistics, and a fake-only batch would be
-        # normalised differently (D(G(z)) ~ 1 here while ~0 in (1): G learns nothing). D's grads
-        # from this backward are discarded (zeroed before D's next step): skip their all-reduce.
+        # (2) Update G: maximise log D(G(z)) (non-saturating). D's grads from this backward are
+        # discarded (zeroed before D's next step): skip their all-reduce.
         with _no_sync(D), _autocast(precision, device):
-            both = torch.cat([real, fake.to(real.dtype)])  # (2B, C, H, W), grads reach G
-            logits_fake = (D(both, both_labels) if conditional else D(both))[b:]  # (B,)
-            loss_g = criterion(logits_fake.float(), ones)
+            fake_in = fake.to(real.dtype)
+            logits_g = D(fake_in, fake_labels) if conditional else D(fake_in)  # (B,)
+            loss_g = criterion(logits_g.float(), ones)
         opt_g.zero_grad(set_to_none=True)
         with _no_sync(D):
             loss_g.backward()
@@ -171,8 +173,8 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
 
         with torch.no_grad():
             stats = torch.stack([loss_d.detach().float(), loss_g.detach().float(),
-                                 torch.sigmoid(logits[:b].float()).mean(),  # D(x)
-                                 torch.sigmoid(logits[b:].float()).mean()]).cpu()
+                                 torch.sigmoid(logits_real.float()).mean(),  # D(x)
+                                 torch.sigmoid(logits_fake.float()).mean()]).cpu()
         stats = _mean_across_ranks(stats)
         if not torch.isfinite(stats).all():
             raise NonFiniteLossError(
