@@ -17,7 +17,7 @@ NETNS_CMD := $(shell if unshare -n true 2>/dev/null; then echo "unshare -n"; \
 IN_NETNS  = $(NETNS_CMD) sh -c 'ip link set lo up && exec "$$0" "$$@"'
 ENV_RUN   = env PATH="$(abspath $(VENV))/bin:$$PATH" PYTHONUNBUFFERED=1
 
-.PHONY: setup data run repro test test-fast lint ui submit clean-ray help
+.PHONY: help setup data run browser test test-fast lint submit ui
 help:
 	@echo "make run [NETNS=1]   set up and run the whole pipeline (dvc repro)"
 	@echo "make test            set up and run the tests (inside a network namespace when possible)"
@@ -65,6 +65,10 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline stages tests benchmarks
+
+# The train stage on a Ray cluster; outputs come back into models/ and metrics/.
+submit: setup
+	$(ENV_RUN) $(VENV)/bin/gan-forensics submit $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
 
 ui: setup
 	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning"
