@@ -136,9 +136,15 @@ def ray_cluster(tmp: Path, nodes: int = 2, cpus_per_node: int = 1) -> Iterator[d
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
     marker = f"GANF_TEST_CLUSTER={uuid.uuid4().hex}"
-    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token",
+    # The nodes run job entrypoints (`python stages/train.py`) through a shell: the venv's
+    # python must come first on their PATH, as on a real cluster's nodes.
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "HOME": str(home), "RAY_AUTH_MODE": "token",
            "RAY_USAGE_STATS_ENABLED": "0", marker.split("=")[0]: marker.split("=")[1]}
-    temp = tempfile.mkdtemp(prefix="rgc", dir="/tmp")  # short: Ray's unix sockets live here
+    # One temp dir per node, as on separate machines (a shared one lets a node's runtime-env
+    # agent garbage-collect the job's working dir under the other node). Short paths: Ray's
+    # unix sockets live there.
+    temps = [tempfile.mkdtemp(prefix="rgc", dir="/tmp") for _ in range(nodes)]
     port, dash = free_port(), free_port()
     ray = str(BIN / "ray")
 
@@ -149,11 +155,12 @@ def ray_cluster(tmp: Path, nodes: int = 2, cpus_per_node: int = 1) -> Iterator[d
         run("get-auth-token", "--generate")
         run("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
             "--num-cpus", str(cpus_per_node), "--dashboard-host", "127.0.0.1",
-            "--dashboard-port", str(dash), "--temp-dir", temp, "--disable-usage-stats")
-        for _ in range(nodes - 1):
+            "--dashboard-port", str(dash), "--temp-dir", temps[0], "--disable-usage-stats")
+        for temp in temps[1:]:
             run("start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
                 "--num-cpus", str(cpus_per_node), "--temp-dir", temp)
         yield {**env, "ADDRESS": f"127.0.0.1:{port}", "DASHBOARD": f"http://127.0.0.1:{dash}"}
     finally:
         kill_marked(marker)
-        shutil.rmtree(temp, ignore_errors=True)
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True)
