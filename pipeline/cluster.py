@@ -13,13 +13,13 @@ Storage is anything pyarrow understands: a local/NFS path or `s3://bucket/prefix
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import uuid
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.io import sha256_file
 
 SHARED_ENV = "GAN_FORENSICS_SHARED_STORAGE"  # "1": this plain path is shared by every node
 
@@ -99,14 +99,6 @@ def pull_outputs(export: str, dest_root: Path) -> list[Path]:
         os.replace(tmp, target)
         pulled.append(target)
     return pulled
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def submit_train(address: str, storage_path: str, data: Path, tracking_uri: str,

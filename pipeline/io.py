@@ -6,6 +6,7 @@ A stage that fails half-way therefore never leaves a partial output; the previou
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -76,3 +77,12 @@ def save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
     """Save arrays to a compressed .npz, atomically."""
     with atomic_path(path, ".npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -29,11 +29,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline.detect.run import load_detect_data, run_detect, write_outputs  # torch
-    from pipeline.detect.train import resolve_device
+    from pipeline.device import resolve_device
     from pipeline.tracking import Tracker
 
     params = load_params(args.params)
-    device = resolve_device(params.detect.device)
+    device = resolve_device(params.detect.device, "detect.device")
     data = load_detect_data(args.real, args.fake, params.seed)
     result = run_detect(data, args.discriminator, params.detect, params.seed, device)
     write_outputs(result, params.detect, args.model, args.metrics, args.roc, args.plots)

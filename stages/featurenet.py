@@ -26,11 +26,11 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
 
+    from pipeline.device import resolve_device
     from pipeline.metrics.featurenet import run_featurenet
-    from pipeline.metrics.features import resolve_device  # after argument errors: torch
 
     params = load_params(args.params)
-    device = resolve_device(params.evaluate.device)
+    device = resolve_device(params.evaluate.device, "evaluate.device")
     metrics = run_featurenet(args.data, args.model, params.evaluate.featurenet, params.seed,
                              device)
     write_json(args.metrics, metrics)

@@ -21,7 +21,8 @@ from pipeline.detect.baselines import SpectrumDetector, azimuthal_spectrum, disc
 from pipeline.detect.robustness import gaussian_blur, jpeg, perturbations
 from pipeline.detect.run import load_detect_data, run_detect, write_outputs
 from pipeline.detect.scores import roc_auc
-from pipeline.detect.train import resolve_device, train_detector
+from pipeline.detect.train import train_detector
+from pipeline.device import resolve_device
 from pipeline.errors import UserError
 from pipeline.models import build_models, make_checkpoint, save_checkpoint
 
@@ -205,7 +206,7 @@ def test_cuda_without_gpu_is_user_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(UserError, match="detect.device: cuda requested"):
-        resolve_device("cuda")
+        resolve_device("cuda", "detect.device")
     assert resolve_device("auto") == torch.device("cpu")
 
 

@@ -12,12 +12,12 @@ import torch
 
 from pipeline.config import EvaluateConfig, FeatureNetConfig
 from pipeline.data.arrays import save_split
+from pipeline.device import resolve_device
 from pipeline.errors import UserError
 from pipeline.metrics import registry
 from pipeline.metrics.cache import cache_key, cached_features
 from pipeline.metrics.evaluate import compute_fid, evaluate_quality, real_subsets
 from pipeline.metrics.featurenet import run_featurenet
-from pipeline.metrics.features import resolve_device
 
 torch.set_num_threads(1)
 N = 150
@@ -84,8 +84,10 @@ def test_real_subsets_are_disjoint_and_fall_back_to_val():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_without_gpu_is_a_user_error():
     assert resolve_device("auto").type == "cpu"
-    with pytest.raises(UserError, match="no CUDA device"):
-        resolve_device("cuda")
+    with pytest.raises(UserError, match="evaluate.device: cuda requested but torch sees no CUDA"):
+        resolve_device("cuda", "evaluate.device")
+    with pytest.raises(UserError, match="device: must be auto, cpu or cuda, got 'tpu'"):
+        resolve_device("tpu")
 
 
 def test_real_fakes_score_like_the_floor_and_noise_does_not(prepared, tmp_path, digits):

@@ -199,3 +199,64 @@ def test_server_killed_mid_train_still_lands_files(tmp_path):
     assert "Traceback" not in err
     shutil.rmtree(repo / "data", ignore_errors=True)
     assert np.isfinite(json.loads((repo / "metrics" / "train.json").read_text())["loss_g"])
+
+
+def _cli(repo: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "gan-forensics"), *args], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_fid_and_detect_on_the_pipeline_outputs(pipeline_run, tmp_path):
+    from PIL import Image
+
+    repo, env = pipeline_run["repo"], pipeline_run["env"]
+    assert "fid" in _cli(repo, env, "--help").stdout
+    done = _cli(repo, env, "fid", "data/generated/eval.npz", "data/prepared/test.npz",
+                "--n", "150", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["name"] == "fid_domain_150" and result["n"] == 150
+    assert result["fid"] > 0 and np.isfinite(result["kid_mean"])
+    # A folder of PNGs, as users bring them: fakes from the generator, reals from the test set.
+    folder = tmp_path / "suspects"
+    folder.mkdir()
+    fakes = np.load(repo / "data/generated/detector_test.npz")["images"][:3]
+    reals = np.load(repo / "data/prepared/test.npz")["images"][:3]
+    for i, image in enumerate([*fakes, *reals]):
+        Image.fromarray(image[..., 0]).save(folder / f"{'fake' if i < 3 else 'real'}{i}.png")
+    done = _cli(repo, env, "detect", str(folder), "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert sorted(r["image"] for r in rows) == sorted(p.name for p in folder.iterdir())
+    assert all(0.0 <= r["p_fake"] <= 1.0 for r in rows)
+    # Bad input: one line, no traceback, never a silently smaller N.
+    for args, expected in [(("fid", "missing.npz", "data/prepared/test.npz"), "missing.npz"),
+                           (("fid", "data/generated/eval.npz", "data/prepared/test.npz",
+                             "--n", "100000"), "fewer than n=100000")]:
+        done = _cli(repo, env, *args)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert expected in done.stderr.strip().splitlines()[-1], done.stderr
+
+
+def test_dvc_exp_run_with_overrides_tags_its_mlflow_run(pipeline_run):
+    from mlflow.tracking import MlflowClient
+
+    repo, env = pipeline_run["repo"], pipeline_run["env"]
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-qm", "baseline"], cwd=repo, check=True,
+                   capture_output=True)
+    done = subprocess.run([str(BIN / "dvc"), "exp", "run", "-n", "tiny-exp",
+                           "-S", "train.epochs=1", "-S", "model.g_features=8"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    shown = subprocess.run([str(BIN / "dvc"), "exp", "show", "--json"], cwd=repo, env=env,
+                           capture_output=True, text=True, check=True).stdout
+    assert "tiny-exp" in shown and "fid_domain_300" in shown and "detector_auc" in shown
+    runs = MlflowClient(pipeline_run["uri"]).search_runs(
+        [MlflowClient(pipeline_run["uri"]).get_experiment_by_name("e2e").experiment_id],
+        filter_string="tags.`dvc.exp_name` = 'tiny-exp'")
+    assert len(runs) == 1 and runs[0].data.params["model.g_features"] == "8"
+    bad = subprocess.run([str(BIN / "dvc"), "exp", "run", "-S", "train.epoch=1"], cwd=repo,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "train.epoch: unknown key" in bad.stdout + bad.stderr

@@ -28,7 +28,7 @@ from pipeline.data.idx import write_idx
 from pipeline.data.images import load_digits_dataset, load_folder_dataset
 from pipeline.data.split import split_indices
 from pipeline.errors import UserError
-from pipeline.io import atomic_dir
+from pipeline.io import atomic_dir, sha256_file
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
@@ -92,14 +92,6 @@ MNIST = IdxDataset(
 )
 
 IDX_DATASETS = {d.name: d for d in (FASHION_MNIST, MNIST)}
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _copy_hashing(src: IO[bytes], dest: Path, total: int | None, label: str) -> str:

@@ -19,16 +19,6 @@ from pipeline.detect.model import Detector, to_input
 from pipeline.errors import UserError
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available else cpu; cuda without a GPU is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("detect.device: cuda requested but torch sees no CUDA GPU here; "
-                        "use auto or cpu")
-    return torch.device(name)
-
-
 def train_detector(real: np.ndarray, fake: np.ndarray, cfg: DetectConfig, seed: int,
                    device: str | torch.device = "cpu", log: bool = True) -> Detector:
     """Fit a `Detector` on uint8 (N, H, W, C) real (label 0) and fake (label 1) images."""

