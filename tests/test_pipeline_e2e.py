@@ -257,6 +257,8 @@ def test_dvc_exp_run_with_overrides_tags_its_mlflow_run(pipeline_run):
         [MlflowClient(pipeline_run["uri"]).get_experiment_by_name("e2e").experiment_id],
         filter_string="tags.`dvc.exp_name` = 'tiny-exp'")
     assert len(runs) == 1 and runs[0].data.params["model.g_features"] == "8"
-    bad = subprocess.run([str(BIN / "dvc"), "exp", "run", "-S", "train.epoch=1"], cwd=repo,
+    # DVC refuses `-S train.epoch=1` itself; `+train.epoch=1` adds the key, and our config
+    # is what rejects it, before any stage runs its work.
+    bad = subprocess.run([str(BIN / "dvc"), "exp", "run", "-S", "+train.epoch=1"], cwd=repo,
                          env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "train.epoch: unknown key" in bad.stdout + bad.stderr
