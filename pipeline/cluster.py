@@ -22,6 +22,10 @@ from pipeline.errors import UserError
 from pipeline.io import sha256_file
 
 SHARED_ENV = "GAN_FORENSICS_SHARED_STORAGE"  # "1": this plain path is shared by every node
+# Not uploaded with the job's working dir (on top of .gitignore). Anchored ("/data"): a bare
+# "data" would also drop the `pipeline/data` package (gitignore patterns match at any depth).
+UPLOAD_EXCLUDES = [".venv", "/.git", "/data", "/mlartifacts", "/mlruns", "/ray_results",
+                   ".cache"]
 
 
 def is_uri(path: str) -> bool:
@@ -130,7 +134,7 @@ def submit_train(address: str, storage_path: str, data: Path, tracking_uri: str,
         raise UserError(f"Ray cluster {address} is unreachable ({exc})") from None
     client.submit_job(entrypoint=entrypoint, submission_id=job, runtime_env={
         "working_dir": str(root), "env_vars": env,
-        "excludes": [".venv", ".git", "data", "mlartifacts", "mlruns", "ray_results", ".cache"],
+        "excludes": UPLOAD_EXCLUDES,
     })
     print(f"submitted {job} to {address}")
     shown, deadline = 0, time.monotonic() + timeout_s

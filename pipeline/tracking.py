@@ -144,9 +144,10 @@ class Tracker:
         ensure_reachable(uri)
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(cfg.experiment)
-        # Local sqlite store: keep artifacts beside it in ./mlartifacts (what `make ui` serves).
-        artifacts = (Path.cwd() / "mlartifacts").resolve().as_uri() if uri.startswith(
-            "sqlite:") else None
+        # sqlite store: artifacts in `mlartifacts/` beside the database file (what `make ui`
+        # serves), never under the cwd: a cluster job's cwd is a temporary copy of the repo.
+        artifacts = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts"
+                     ).as_uri() if uri.startswith("sqlite:///") else None
         exp_id = exp.experiment_id if exp else client.create_experiment(
             cfg.experiment, artifact_location=artifacts)
         run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
