@@ -3,6 +3,7 @@ in the `data/raw/` layout, and a runner for stage scripts in a scratch directory
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -10,7 +11,7 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +120,30 @@ def repo_env(repo: Path, **extra: str) -> dict[str, str]:
     """Environment for running stages/dvc in a repo copy: its own `pipeline`, the venv's tools."""
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
             "PYTHONPATH": str(repo), "DVC_NO_ANALYTICS": "1", **extra}
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int = 2) -> Iterator[None]:
+    """An embedded local Ray with a short private temp dir; afterwards every process it started
+    is killed by PID. Ray can leave a Train controller actor orphaned after a failed `fit()`;
+    all of its processes inherit a marker variable set here, which finds exactly them."""
+    import shutil
+    import tempfile
+    import uuid
+
+    import ray
+
+    from servers import kill_marked
+
+    key, value = "GANF_TEST_LOCAL_RAY", uuid.uuid4().hex
+    os.environ[key] = value
+    temp = tempfile.mkdtemp(prefix="rgf-", dir="/tmp")  # short: Ray's unix sockets live here
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp,
+                 logging_level="WARNING")
+        yield
+    finally:
+        ray.shutdown()
+        kill_marked(f"{key}={value}")
+        os.environ.pop(key, None)
+        shutil.rmtree(temp, ignore_errors=True)

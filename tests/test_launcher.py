@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,8 @@ from pipeline.config import parse_params
 from pipeline.errors import UserError
 from pipeline.models import load_discriminator, load_generator
 from pipeline.train import launcher
+
+from conftest import local_ray
 
 
 def read_log(path: Path) -> list[dict[str, str]]:
@@ -52,14 +52,9 @@ def tiny_params(tmp: Path, **train: object):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """One local Ray for the module (start-up costs ~5 s), with a short private temp dir."""
-    import ray
-
-    temp = tempfile.mkdtemp(prefix="rgf-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, logging_level="WARNING")
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+    """One embedded local Ray for this module (start-up ~5 s); see `conftest.local_ray`."""
+    with local_ray():
+        yield
 
 
 def test_gpu_without_cuda_is_a_user_error(tmp_path: Path, monkeypatch) -> None:

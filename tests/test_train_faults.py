@@ -9,11 +9,9 @@ import contextlib
 import csv
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +22,8 @@ import yaml
 
 from pipeline.config import parse_params
 from pipeline.train import launcher
+
+from conftest import local_ray
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,14 +121,9 @@ def test_stage_sigterm_then_rerun_resumes(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """One local Ray for the in-process tests, with a short private temp dir."""
-    import ray
-
-    temp = tempfile.mkdtemp(prefix="rgf-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, logging_level="WARNING")
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+    """One embedded local Ray for this module (start-up ~5 s); see `conftest.local_ray`."""
+    with local_ray():
+        yield
 
 
 def test_worker_sigkill_mid_epoch_restarts_from_checkpoint(tmp_path: Path, monkeypatch,
