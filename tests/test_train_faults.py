@@ -90,24 +90,25 @@ def test_stage_sigterm_then_rerun_resumes(tmp_path: Path) -> None:
     log = tmp_path / "metrics" / "train_log.csv"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and len(epochs_logged(tmp_path / "metrics")) >= 2:
+        if log.exists() and len(epochs_logged(tmp_path / "metrics")) >= 3:
             break
         time.sleep(0.1)
     # Ray Train V2 registers a reported checkpoint when its controller next polls the workers
-    # (every 2 s): give it that time, as a real interruption minutes into a run would.
+    # (every 2 s, later on a loaded machine): with 3 epochs logged, epoch 2's is registered.
     time.sleep(2.5)
     assert proc.poll() is None, finish(proc, 5)
     proc.send_signal(signal.SIGTERM)  # what `dvc` / `ray job stop` / `kill` send
     out = finish(proc, 60)
     assert proc.returncode == 130 and "error: interrupted" in out, out
     done_before = len(epochs_logged(tmp_path / "metrics"))
-    assert 2 <= done_before < epochs
+    assert 3 <= done_before < epochs
 
     proc = run_stage(tmp_path)
     out = finish(proc, 180)
     assert proc.returncode == 0, out
     resumed = re.search(r"resumed from epoch (\d+)", out)
-    assert resumed and int(resumed.group(1)) >= 2, out  # not from scratch
+    # Not from scratch; at most the last epoch or two (still unregistered) are redone.
+    assert resumed and int(resumed.group(1)) >= max(2, done_before - 2), out
     assert epochs_logged(tmp_path / "metrics") == list(range(1, epochs + 1))
 
     client = MlflowClient(params["mlflow"]["tracking_uri"])
