@@ -147,3 +147,17 @@ def local_ray(num_cpus: int = 2) -> Iterator[None]:
         kill_marked(f"{key}={value}")
         os.environ.pop(key, None)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def digits_npz(path: Path, size: int = 28) -> Path:
+    """sklearn digits upscaled to uint8 (N, size, size, 1), saved as a prepared train.npz."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images[:, None].astype(np.float32) / 16.0)
+    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    images = (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    np.savez(path, images=images, labels=d.target.astype(np.int64),
+             class_names=np.array([str(i) for i in range(10)]))
+    return path

@@ -10,7 +10,6 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,24 +18,11 @@ from pipeline.errors import UserError
 from pipeline.models import load_discriminator, load_generator
 from pipeline.train import launcher
 
-from conftest import local_ray
+from conftest import digits_npz, local_ray
 
 
 def read_log(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(path.read_text().splitlines()))
-
-
-def digits_npz(path: Path, size: int = 28) -> Path:
-    """sklearn digits upscaled to uint8 (N, size, size, 1), saved as a prepared train.npz."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.from_numpy(d.images[:, None].astype(np.float32) / 16.0)
-    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    images = (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    np.savez(path, images=images, labels=d.target.astype(np.int64),
-             class_names=np.array([str(i) for i in range(10)]))
-    return path
 
 
 def tiny_params(tmp: Path, **train: object):

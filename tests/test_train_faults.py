@@ -15,31 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 import yaml
 
 from pipeline.config import parse_params
 from pipeline.train import launcher
 
-from conftest import local_ray
+from conftest import digits_npz, local_ray
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def digits_npz(path: Path, size: int = 28) -> Path:
-    """sklearn digits upscaled to uint8 (N, size, size, 1), saved as a prepared train.npz."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.from_numpy(d.images[:, None].astype(np.float32) / 16.0)
-    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    images = (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    np.savez(path, images=images, labels=d.target.astype(np.int64),
-             class_names=np.array([str(i) for i in range(10)]))
-    return path
 
 
 def raw_params(tmp: Path, **train: object) -> dict:
