@@ -13,6 +13,7 @@ Storage is anything pyarrow understands: a local/NFS path or `s3://bucket/prefix
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -65,6 +66,21 @@ def read_bytes(location: str) -> bytes:
             return fh.read()
     except (OSError, FileNotFoundError) as exc:
         raise UserError(f"{location}: cannot read ({exc})") from None
+
+
+def exists(location: str) -> bool:
+    """Whether a file or directory exists at a local path or storage URI."""
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def remove(location: str) -> None:
+    """Delete one file at a local path or storage URI; a missing file is fine."""
+    fs, path = _fs(location)
+    with contextlib.suppress(FileNotFoundError, OSError):
+        fs.delete_file(path)
 
 
 def copy_file(src: str, dest: str) -> None:

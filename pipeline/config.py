@@ -28,7 +28,6 @@ from pipeline.errors import UserError
 
 PARAMS_FILE = "params.yaml"
 
-DATASETS = ("fashion-mnist", "mnist", "digits", "folder")
 IMAGE_SIZES = (28, 32, 64)
 
 
@@ -79,7 +78,9 @@ class TrainConfig(Section):
 class RayConfig(Section):
     # null: $RAY_ADDRESS if set, else an embedded local cluster. "auto" or "host:port" connect.
     address: str | None = None
-    num_workers: int = Field(2, gt=0)  # DDP workers (processes)
+    # DDP workers (processes). "auto": one per GPU of the cluster with use_gpu (any GPU count),
+    # else as many as its CPUs allow at cpus_per_worker each; resolved when Ray is up.
+    num_workers: int | Literal["auto"] = 2
     cpus_per_worker: int = Field(1, gt=0)  # also the torch thread count of each worker
     use_gpu: bool = False  # one GPU per worker, NCCL backend
     # Where Ray Train keeps checkpoints (relative = under the repo root). Multi-node clusters
@@ -87,6 +88,14 @@ class RayConfig(Section):
     storage_path: str = "ray_results"
     max_failures: int = Field(2, ge=-1)  # worker-group restarts from the last checkpoint
     keep_checkpoints: int = Field(2, gt=0)
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                               and value > 0):
+            return value
+        raise ValueError(f"must be a positive integer or 'auto', got {value!r}")
 
 
 class GenerateConfig(Section):
@@ -162,10 +171,11 @@ class Params(Section):
             raise ValueError("data.source: required when data.dataset is 'folder' (a directory)")
         if self.data.dataset in ("fashion-mnist", "mnist", "digits") and self.data.channels != 1:
             raise ValueError(f"data.channels: {self.data.dataset} is gray, must be 1")
-        if self.train.batch_size % self.ray.num_workers:
+        workers = self.ray.num_workers
+        if isinstance(workers, int) and self.train.batch_size % workers:
             raise ValueError(
                 f"train.batch_size: must be divisible by ray.num_workers "
-                f"({self.ray.num_workers}), got {self.train.batch_size}"
+                f"({workers}), got {self.train.batch_size}"
             )
         if self.evaluate.kid_subset_size > self.evaluate.num_samples:
             raise ValueError(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -32,54 +31,6 @@ UI_VIEW = "?workflowType=machine_learning"  # MLflow 3.17 UI otherwise opens its
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-
-
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
-def dvc_out_hash(out_path: str, lock_file: str | os.PathLike[str] = "dvc.lock") -> str:
-    """The md5 DVC recorded in dvc.lock for `out_path` (e.g. data/prepared), or "" if unknown."""
-    import yaml
-
-    try:
-        lock = yaml.safe_load(Path(lock_file).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return ""
-    for stage in (lock.get("stages") or {}).values():
-        for out in stage.get("outs") or []:
-            if out.get("path") == out_path:
-                return str(out.get("md5", ""))
-    return ""
-
-
-def run_tags(**extra: Any) -> dict[str, str]:
-    """Provenance tags: git commit (+ dirty flag), DVC data hash, DVC exp name, versions."""
-    import platform
-
-    import torch
-
-    tags = {
-        "git.commit": _git("rev-parse", "HEAD") or "unknown",
-        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
-        "dvc.data_hash": dvc_out_hash("data/prepared") or "unknown",
-        "torch.version": torch.__version__,
-        "python.version": platform.python_version(),
-    }
-    try:
-        import ray
-
-        tags["ray.version"] = ray.__version__
-    except ImportError:  # pragma: no cover - ray is a hard dependency, kept optional here
-        pass
-    if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run [-n NAME]`
-        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    tags.update({k: str(v) for k, v in extra.items()})
-    return tags
 
 
 def tracking_uri(cfg: MlflowConfig, root: Path | None = None) -> str:
@@ -175,21 +126,23 @@ class Tracker:
         return tracker
 
     @classmethod
-    def resume(cls, uri: str, run_id: str, experiment_id: str) -> Tracker | None:
-        """Reopen an interrupted training run (a resumed Ray run keeps its MLflow run) and mark
-        it RUNNING again; None when that run no longer exists in `uri`."""
+    def find(cls, cfg: MlflowConfig, tag: str, value: str) -> Tracker | None:
+        """The newest active run of `cfg.experiment` tagged `tag=value`, marked RUNNING again
+        (a resumed or extended training keeps its MLflow run); None when there is none."""
         from mlflow.tracking import MlflowClient
 
+        uri = tracking_uri(cfg)
         ensure_reachable(uri)
         client = MlflowClient(tracking_uri=uri)
-        try:
-            run = client.get_run(run_id)
-        except Exception:  # noqa: BLE001 - deleted run, other store: start a new run instead
+        exp = client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
             return None
-        if run.info.lifecycle_stage != "active":
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tag}` = '{value}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
             return None
-        client.update_run(run_id, status="RUNNING")
-        return cls(uri, run_id, experiment_id)
+        client.update_run(runs[0].info.run_id, status="RUNNING")
+        return cls(uri, runs[0].info.run_id, exp.experiment_id)
 
     def write_run_file(self, path: str | os.PathLike[str], **extra: Any) -> None:
         """Write `models/run.json`: how later stages (and users) find this run."""
@@ -224,12 +177,6 @@ class Tracker:
                  if v is not None]
         self._call(f"metrics {','.join(metrics)}", self.client.log_batch, self.run_id,
                    metrics=batch)
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        batch = [RunTag(k, str(v)) for k, v in tags.items()]
-        self._call(f"tags {','.join(tags)}", self.client.log_batch, self.run_id, tags=batch)
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         self._call(f"artifact {Path(path).name}", self.client.log_artifact, self.run_id,

@@ -2,7 +2,8 @@
 
     python stages/train.py --data data/prepared/train.npz --models models --metrics metrics
 
-Rerunning after an interruption resumes from the last epoch checkpoint under `ray.storage_path`.
+Rerunning after an interruption resumes from the last epoch checkpoint under `ray.storage_path`;
+rerunning with a higher `train.epochs` continues the same run (see pipeline/train/identity.py).
 Anything that starts Ray on these machines runs inside `unshare -n` (see README).
 """
 
@@ -39,7 +40,7 @@ def main() -> None:
         from pipeline.cluster import export_outputs
 
         outs = [args.models / n for n in ("generator.pt", "discriminator.pt", "run.json")]
-        outs += [args.metrics / "train_log.csv", args.metrics / "train.json"]
+        outs += [args.metrics / n for n in ("train_log.csv", "train.json", "train_loss.png")]
         outs += sorted((args.metrics / "samples").glob("*.png"))
         export_outputs(outs, args.export)
 

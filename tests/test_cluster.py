@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, repo_env
-from servers import kill_marked, ray_cluster
+from servers import kill_marked, mlflow_server, ray_cluster
 from test_pipeline_e2e import tiny_repo
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,7 @@ RUN_NAME = """
 from pipeline.config import load_params
 from pipeline.io import sha256_file
 from pipeline.train.launcher import run_name
-print(run_name(load_params(), sha256_file("data/prepared/train.npz")))
+print(run_name(load_params(), sha256_file("data/prepared/train.npz"), 2))
 """
 
 
@@ -126,12 +126,14 @@ def test_submit_trains_on_a_two_node_cluster(tmp_path):
     assert expected.returncode == 0, expected.stderr[-3000:]
     expected_name = expected.stdout.split()[-1]
 
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     started = time.monotonic()
-    with ray_cluster(tmp_path / "cluster", nodes=2, cpus_per_node=1) as cluster:
+    # Rank 0 may run on either node, so a multi-node run needs a tracking server (a sqlite file
+    # is refused): a real `mlflow server` on 127.0.0.1, with served artifacts.
+    with mlflow_server(tmp_path / "mlflow") as (tracking, _), \
+            ray_cluster(tmp_path / "cluster", nodes=2, cpus_per_node=1) as cluster:
         marker = f"GANF_TEST_CLUSTER={cluster['GANF_TEST_CLUSTER']}"
         # The user's shell: the cluster's token (HOME, RAY_AUTH_MODE), the venv's tools, shared
-        # storage declared, MLflow in a sqlite file this test reads back.
+        # storage declared, the MLflow server this test reads back.
         env = {**repo_env(repo), "HOME": cluster["HOME"], "RAY_AUTH_MODE": "token",
                "RAY_USAGE_STATS_ENABLED": "0", "DASHBOARD": cluster["DASHBOARD"],
                "GAN_FORENSICS_SHARED_STORAGE": "1", "MLFLOW_TRACKING_URI": tracking}
@@ -146,6 +148,13 @@ def test_submit_trains_on_a_two_node_cluster(tmp_path):
             after = _probe(env, "jobs")
         except AssertionError as exc:  # still show what submit printed
             after = {"nodes": [], "jobs": [], "workers": [], "error": str(exc)}
+        client = MlflowClient(tracking)
+        run_id = json.loads((repo / "models" / "run.json").read_text())["run_id"] \
+            if (repo / "models" / "run.json").is_file() else None
+        run = client.get_run(run_id) if run_id else None
+        histories = {key: client.get_metric_history(run_id, key) if run_id else []
+                     for key in ("train/loss_d", "train/loss_g")}
+        artifacts = [a.path for a in client.list_artifacts(run_id, "plots")] if run_id else []
     seconds = time.monotonic() - started
 
     jobs = after["jobs"]
@@ -188,21 +197,16 @@ def test_submit_trains_on_a_two_node_cluster(tmp_path):
     checkpoints = sorted(run_dir.glob("checkpoint_*/state.pt"))
     assert checkpoints, sorted(str(p.relative_to(storage)) for p in storage.rglob("*"))[:30]
 
-    # The job's MLflow run: 2 workers, one metric point per epoch.
-    run_id = json.loads((repo / "models" / "run.json").read_text())["run_id"]
-    client = MlflowClient(tracking)
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED", run.info
+    # The job's MLflow run on the server: 2 workers, one metric point per epoch (logged by
+    # rank 0, wherever it ran), and the driver's artifacts served by the server.
+    assert run is not None and run.info.status == "FINISHED", context
     assert run.data.tags["world_size"] == "2", run.data.tags
     assert run.data.tags["ray.address"] not in ("", "local"), run.data.tags
     assert run.data.tags["ray.run_name"] == train["run_name"]
-    for key in ("train/loss_d", "train/loss_g"):
-        history = client.get_metric_history(run_id, key)
+    for key, history in histories.items():
         assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), (key, history)
-    # Its artifacts (loss plot, logged generator) sit beside the sqlite database, not in the
-    # job's temporary working dir.
-    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri()), run.info
-    assert list((tmp_path / "mlartifacts").rglob("train_loss.png")), run.info.artifact_uri
+    assert "plots/train_loss.png" in artifacts, artifacts
+    assert list((tmp_path / "mlflow" / "artifacts").rglob("train_loss.png")), artifacts
     print(f"cluster up + submit + probes: {seconds:.0f} s")
 
 

@@ -51,24 +51,94 @@ def test_gpu_without_cuda_is_a_user_error(tmp_path: Path, monkeypatch) -> None:
         launcher.train(params, tmp_path / "train.npz", tmp_path / "models", tmp_path / "m")
 
 
-def test_multi_node_with_local_storage_is_refused(monkeypatch) -> None:
+def _fake_cluster(monkeypatch, nodes: int, **resources: float) -> None:
     import ray
 
     monkeypatch.delenv("GAN_FORENSICS_SHARED_STORAGE", raising=False)
-    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}])
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}] * nodes)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, **resources})
+
+
+def test_multi_node_with_local_storage_is_refused(monkeypatch) -> None:
+    _fake_cluster(monkeypatch, nodes=2)
+    server = "http://127.0.0.1:5000"
     with pytest.raises(UserError, match="GAN_FORENSICS_SHARED_STORAGE=1"):
-        launcher._check_cluster(parse_params({}), "/local/ray_results")
-    launcher._check_cluster(parse_params({}), "s3://bucket/ray")  # a URI is shared storage
+        launcher.check_cluster(parse_params({}), "/local/ray_results", server, 2)
+    launcher.check_cluster(parse_params({}), "s3://bucket/ray", server, 2)  # shared storage
 
 
-def test_run_name_depends_on_training_inputs_only() -> None:
+@pytest.mark.parametrize("uri", ["sqlite:////repo/mlflow.db", "file:///repo/mlruns",
+                                 "/repo/mlruns"])
+def test_multi_node_with_a_file_tracking_store_is_refused(monkeypatch, uri: str) -> None:
+    """Rank 0 logs the epochs and may land on any node: a sqlite/file store there would be a
+    different, empty database and the run's metrics would be lost."""
+    _fake_cluster(monkeypatch, nodes=2)
+    with pytest.raises(UserError, match=r"^mlflow.tracking_uri: .* 2 nodes .*MLflow server"):
+        launcher.check_cluster(parse_params({}), "s3://bucket/ray", uri, 2)
+    _fake_cluster(monkeypatch, nodes=1)  # one node: the file is where rank 0 runs
+    launcher.check_cluster(parse_params({}), "/local/ray_results", uri, 2)
+
+
+@pytest.mark.parametrize(("ray_params", "resources", "expected"), [
+    ({"num_workers": "auto", "use_gpu": True}, {"GPU": 1.0}, 1),
+    ({"num_workers": "auto", "use_gpu": True}, {"GPU": 8.0}, 8),
+    ({"num_workers": "auto", "cpus_per_worker": 1}, {"CPU": 4.0}, 4),
+    ({"num_workers": "auto", "cpus_per_worker": 3}, {"CPU": 4.0}, 1),
+    ({"num_workers": 2}, {"GPU": 8.0}, 2),
+])
+def test_auto_workers_follow_the_cluster(ray_params, resources, expected) -> None:
+    params = parse_params({"ray": ray_params, "train": {"batch_size": 64}})
+    assert launcher.resolve_workers(params, {"CPU": 2.0, **resources}) == expected
+
+
+def test_auto_workers_errors_are_one_line() -> None:
+    gpu = parse_params({"ray": {"num_workers": "auto", "use_gpu": True},
+                        "train": {"batch_size": 512}})
+    with pytest.raises(UserError, match="found no GPU"):
+        launcher.resolve_workers(gpu, {"CPU": 8.0})
+    with pytest.raises(UserError, match=r"train.batch_size: 512 does not split evenly across 3 "
+                                        r"workers .* e.g. 510"):
+        launcher.resolve_workers(gpu, {"CPU": 8.0, "GPU": 3.0})
+
+
+def test_gpu_profile_is_valid_and_follows_the_gpus() -> None:
+    from pipeline.config import load_params
+
+    gpu = load_params(Path(__file__).resolve().parents[1] / "params-gpu.yaml")
+    assert gpu.ray.num_workers == "auto" and gpu.ray.use_gpu
+    assert gpu.evaluate.device == "auto" and gpu.detect.device == "auto"  # CPU-only head: ok
+    for n in (1, 2, 4):
+        assert launcher.resolve_workers(gpu, {"CPU": 32.0, "GPU": float(n)}) == n
+
+
+def test_run_name_depends_on_the_trajectory_only() -> None:
     base = parse_params({})
-    assert launcher.run_name(base, "a") == launcher.run_name(
-        parse_params({"generate": {"num_eval": 5}}), "a")
-    assert launcher.run_name(base, "a") != launcher.run_name(base, "b")
-    assert launcher.run_name(base, "a") != launcher.run_name(
-        parse_params({"train": {"epochs": 9}}), "a")
+    name = launcher.run_name(base, "a", 2)
+    # Stages after train, how far to train, and the sample grid do not change the name:
+    for same in ({"generate": {"num_eval": 5}}, {"train": {"epochs": 9}},
+                 {"train": {"grid_size": 16}}, {"ray": {"max_failures": 0}}):
+        assert launcher.run_name(parse_params(same), "a", 2) == name, same
+    # What changes the trajectory so far does:
+    assert launcher.run_name(base, "b", 2) != name  # data
+    assert launcher.run_name(base, "a", 1) != name  # world size
+    for other in ({"train": {"lr_d": 1e-3}}, {"train": {"batch_size": 64}}, {"seed": 1},
+                  {"model": {"g_features": 32}}, {"train": {"max_steps_per_epoch": 10}},
+                  {"train": {"precision": "bf16"}}):
+        assert launcher.run_name(parse_params(other), "a", 2) != name, other
+
+
+def test_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch) -> None:
+    from pipeline.train.loop import effective_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True:
+                        including_emulation)  # a pre-sm80 GPU: bf16 only by emulation
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    with pytest.warns(UserWarning, match="bf16 is emulated on Tesla T4"):
+        assert effective_precision("bf16", torch.device("cuda", 0)) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert effective_precision("bf16", torch.device("cuda", 0)) == "bf16"
+    assert effective_precision("bf16", torch.device("cpu")) == "bf16"
+    assert effective_precision("fp32", torch.device("cuda", 0)) == "fp32"
 
 
 @pytest.mark.integration
@@ -108,6 +178,35 @@ def test_end_to_end_two_workers_and_determinism(tmp_path: Path, monkeypatch, ray
     launcher.train(other, data, tmp_path / "other" / "models", tmp_path / "other" / "metrics")
     again = read_log(tmp_path / "other" / "metrics" / "train_log.csv")
     assert (again[0]["loss_d"], again[0]["loss_g"]) == (rows[0]["loss_d"], rows[0]["loss_g"])
+
+
+@pytest.mark.integration
+def test_raising_epochs_extends_the_same_run(tmp_path: Path, monkeypatch, ray_cluster) -> None:
+    """Train 2 epochs, look, then ask for 3: one more epoch runs, in the same MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    data = digits_npz(tmp_path / "train.npz")
+    first = launcher.train(tiny_params(tmp_path), data, tmp_path / "models", tmp_path / "m")
+    run_id = json.loads((tmp_path / "models" / "run.json").read_text())["run_id"]
+    before = read_log(tmp_path / "m" / "train_log.csv")
+    # A cosmetic change rides along: it must not start the run over either.
+    again = launcher.train(tiny_params(tmp_path, epochs=3, grid_size=9), data,
+                           tmp_path / "models", tmp_path / "m")
+
+    assert again["run_name"] == first["run_name"] and again["epoch"] == 3
+    assert json.loads((tmp_path / "models" / "run.json").read_text())["run_id"] == run_id
+    rows = read_log(tmp_path / "m" / "train_log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert rows[:2] == before  # epochs 1-2 kept as they were, not retrained
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(client.search_runs([client.get_experiment_by_name("gan-forensics")
+                                   .experiment_id])) == 1
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "train/loss_d"))
+    assert steps == [1, 2, 3]  # continuous history: exactly one more epoch was logged
+    assert client.get_run(run_id).info.status == "FINISHED"
+    G, meta = load_generator(tmp_path / "models" / "generator.pt")
+    assert meta["epoch"] == 3 and meta["step"] == 3 * 4
 
 
 @pytest.mark.integration

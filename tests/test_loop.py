@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +10,17 @@ import torch
 from PIL import Image
 
 from pipeline.config import ModelConfig, TrainConfig
-from pipeline.models import build_models
-from pipeline.train.data import batches
+from pipeline.errors import UserError
+from pipeline.models import build_models, load_checkpoint
+from pipeline.train.data import DeviceArrays
 from pipeline.train.loop import (
+    STATE_FILE,
     LocalHooks,
     NonFiniteLossError,
     WorkerConfig,
     run_epoch,
     train_worker,
 )
-
-
-def read_log(path: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader(path.read_text().splitlines()))
 
 
 def digits(size: int = 28) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -45,23 +42,22 @@ def data() -> tuple[np.ndarray, np.ndarray, list[str]]:
 def config(tmp_path: Path, **train: object) -> WorkerConfig:
     defaults = {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 6, "grid_size": 16}
     return WorkerConfig(model=ModelConfig(latent_dim=16, g_features=8, d_features=8),
-                        train=TrainConfig(**{**defaults, **train}), seed=0,
-                        metrics_dir=str(tmp_path / "metrics"))
+                        train=TrainConfig(**{**defaults, **train}), seed=0)
 
 
-def test_trains_and_writes_log_and_grids(tmp_path: Path, data) -> None:
+def test_trains_and_checkpoints_history_and_grids(tmp_path: Path, data, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the worker writes no file of its own (rank 0 may be remote)
     hooks = LocalHooks(tmp_path / "ckpt")
     last = train_worker(config(tmp_path, epochs=3, max_steps_per_epoch=15), *data, hooks)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     losses = [r["loss_d"] for r in hooks.reports]
     assert [r["epoch"] for r in hooks.reports] == [1, 2, 3] and last["step"] == 45
     assert all(np.isfinite([r[k] for r in hooks.reports for k in ("loss_d", "loss_g")]))
     assert losses[-1] < losses[0]  # D learns to tell digits from an untrained G
     assert 0 < last["d_fake"] < last["d_real"] < 1 and last["images_per_s"] > 0
-    rows = read_log(tmp_path / "metrics" / "train_log.csv")
-    assert list(rows[0]) == ["epoch", "loss_d", "loss_g", "d_real", "d_fake", "images_per_s",
-                             "epoch_seconds"]
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
-    grid = Image.open(tmp_path / "metrics" / "samples" / "epoch_003.png")
+    history = load_checkpoint(tmp_path / "ckpt" / "epoch_003" / STATE_FILE)["history"]
+    assert [r["epoch"] for r in history] == [1, 2, 3] and history == hooks.reports
+    grid = Image.open(tmp_path / "ckpt" / "epoch_003" / "samples" / "epoch_003.png")
     assert grid.mode == "L" and grid.size == (4 * 30 + 2, 4 * 30 + 2)  # 4x4 of 28 px + pad 2
     assert sorted(p.name for p in (tmp_path / "ckpt" / "epoch_003" / "samples").iterdir()) == [
         "epoch_001.png", "epoch_002.png", "epoch_003.png"]
@@ -81,13 +77,21 @@ def test_resume_continues_exactly(tmp_path: Path, data) -> None:
     train_worker(config(tmp_path / "s", epochs=3), *data, straight)
     resumed = LocalHooks(tmp_path / "resumed")
     train_worker(config(tmp_path / "r", epochs=2), *data, resumed)
-    (tmp_path / "r" / "metrics" / "train_log.csv").unlink()  # DVC deletes outs before a rerun
     train_worker(config(tmp_path / "r", epochs=3), *data, resumed)
     assert [r["epoch"] for r in resumed.reports] == [1, 2, 3]  # epochs 1-2 not redone
     assert resumed.reports[-1]["loss_d"] == straight.reports[-1]["loss_d"]
     assert resumed.reports[-1]["step"] == 18
-    rows = read_log(tmp_path / "r" / "metrics" / "train_log.csv")
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"]  # history restored, no duplicates
+    history = load_checkpoint(tmp_path / "resumed" / "epoch_003" / STATE_FILE)["history"]
+    assert [r["epoch"] for r in history] == [1, 2, 3]  # history restored, no duplicates
+
+
+def test_epochs_below_the_trained_run_is_a_user_error(tmp_path: Path, data) -> None:
+    hooks = LocalHooks(tmp_path / "ckpt")
+    train_worker(config(tmp_path, epochs=2, max_steps_per_epoch=2), *data, hooks)
+    train_worker(config(tmp_path, epochs=2, max_steps_per_epoch=2), *data, hooks)  # done: no-op
+    assert len(hooks.reports) == 2
+    with pytest.raises(UserError, match="train.epochs: 1, but this run has already trained 2"):
+        train_worker(config(tmp_path, epochs=1, max_steps_per_epoch=2), *data, hooks)
 
 
 def test_conditional_bf16_channels_last_on_cpu(tmp_path: Path, data) -> None:
@@ -111,7 +115,9 @@ def test_nonfinite_loss_names_epoch_and_step(data) -> None:
 
     D.register_forward_hook(poisoned)
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
-    loader = batches(images, labels, list(range(256)), 32, torch.device("cpu"))
-    with pytest.raises(NonFiniteLossError, match=r"epoch 7 step 1 .*loss_d=nan"):
+    loader = DeviceArrays.on(torch.device("cpu"), images, labels).batches(list(range(256)), 32)
+    # Checked every 3 steps: the error still names the step that went bad, not the check's.
+    with pytest.raises(NonFiniteLossError, match=r"epoch 7 step 1: "):
         run_epoch(G, D, opt_g, opt_d, loader, epoch=7, latent_dim=16, num_classes=0,
-                  noise=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+                  noise=torch.Generator().manual_seed(0), device=torch.device("cpu"),
+                  check_every=3)

@@ -20,6 +20,7 @@ import yaml
 
 from pipeline.config import parse_params
 from pipeline.train import launcher
+from pipeline.train.faults import KillAt
 
 from conftest import digits_npz, local_ray
 
@@ -41,6 +42,46 @@ def raw_params(tmp: Path, **train: object) -> dict:
 def epochs_logged(metrics: Path) -> list[int]:
     with open(metrics / "train_log.csv") as fh:
         return [int(r["epoch"]) for r in csv.DictReader(fh)]
+
+
+def epochs_printed(out: str | list[str]) -> list[int]:
+    """The epoch number of every per-epoch log line, in order (a repeated line repeats)."""
+    text = "".join(out) if isinstance(out, list) else out
+    return [int(e) for e in re.findall(r"^.*\bepoch (\d+)/\d+ loss_d=", text, flags=re.M)]
+
+
+def read_lines(proc: subprocess.Popen, until, timeout: float) -> list[str]:
+    """The stage's output lines until `until(lines)` holds, it exits, or `timeout` passes."""
+    import selectors
+
+    lines: list[str] = []
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not until(lines):
+        if not sel.select(timeout=0.5):
+            continue
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    sel.close()
+    return lines
+
+
+def wait_registered(storage: Path, at_least: int, timeout: float) -> int:
+    """The epoch of the latest checkpoint Ray Train has registered (its checkpoint manager's
+    snapshot), once it is >= `at_least` or `timeout` has passed."""
+    import json
+
+    deadline, epoch = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline and epoch < at_least:
+        for snap in storage.glob("*/checkpoint_manager_snapshot.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                latest = json.loads(snap.read_text())["latest_checkpoint_result"]
+                epoch = max(epoch, int(latest["metrics"]["epoch"]))
+        time.sleep(0.2)
+    return epoch
 
 
 def run_stage(tmp: Path) -> subprocess.Popen:
@@ -72,28 +113,27 @@ def test_stage_sigterm_then_rerun_resumes(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     proc = run_stage(tmp_path)
-    log = tmp_path / "metrics" / "train_log.csv"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and len(epochs_logged(tmp_path / "metrics")) >= 3:
-            break
-        time.sleep(0.1)
+    lines = read_lines(proc, until=lambda seen: len(set(epochs_printed(seen))) >= 3, timeout=120)
     # Ray Train V2 registers a reported checkpoint when its controller next polls the workers
-    # (every 2 s, later on a loaded machine): with 3 epochs logged, epoch 2's is registered.
-    time.sleep(2.5)
+    # (every 2 s, later on a loaded machine): interrupt once one past epoch 1 is registered.
+    registered = wait_registered(tmp_path / "ray_results", at_least=2, timeout=60)
     assert proc.poll() is None, finish(proc, 5)
     proc.send_signal(signal.SIGTERM)  # what `dvc` / `ray job stop` / `kill` send
-    out = finish(proc, 60)
+    out = "".join(lines) + finish(proc, 60)
     assert proc.returncode == 130 and "error: interrupted" in out, out
-    done_before = len(epochs_logged(tmp_path / "metrics"))
-    assert 3 <= done_before < epochs
+    done_before = max(epochs_printed(out))
+    assert 2 <= registered <= done_before < epochs, (registered, out)
+    assert not (tmp_path / "models" / "generator.pt").exists()  # no partial outs
 
     proc = run_stage(tmp_path)
     out = finish(proc, 180)
     assert proc.returncode == 0, out
     resumed = re.search(r"resumed from epoch (\d+)", out)
-    # Not from scratch; at most the last epoch or two (still unregistered) are redone.
-    assert resumed and int(resumed.group(1)) >= max(2, done_before - 2), out
+    # Not from scratch: from the last registered checkpoint (or a later one).
+    assert resumed and int(resumed.group(1)) >= registered, out
+    # One line per epoch reaches the user: ours, once; no Ray Train report dumps.
+    assert epochs_printed(out) == list(range(int(resumed.group(1)) + 1, epochs + 1)), out
+    assert "Reporting training result" not in out and "TrainingReport(" not in out, out
     assert epochs_logged(tmp_path / "metrics") == list(range(1, epochs + 1))
 
     client = MlflowClient(params["mlflow"]["tracking_uri"])
@@ -119,10 +159,10 @@ def test_worker_sigkill_mid_epoch_restarts_from_checkpoint(tmp_path: Path, monke
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "killed.txt"
     # Rank 1 SIGKILLs itself once, at epoch 2 step 2 (the marker makes the restart survive).
-    monkeypatch.setenv(launcher.FAULT_ENV, f"2:2:1:{marker}")
     params = parse_params(raw_params(tmp_path))
     summary = launcher.train(params, digits_npz(tmp_path / "train.npz"), tmp_path / "models",
-                             tmp_path / "metrics")
+                             tmp_path / "metrics",
+                             fault=KillAt(epoch=2, step=2, rank=1, marker=str(marker)))
 
     assert marker.read_text().startswith("killed rank 1 at epoch 2 step 2")
     assert summary["epoch"] == 3 and (tmp_path / "models" / "generator.pt").is_file()

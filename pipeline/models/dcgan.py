@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-IMAGE_SIZES = (28, 32, 64)
+from pipeline.config import IMAGE_SIZES
 
 
 def _plan(image_size: int) -> tuple[int, int]:

@@ -1,8 +1,9 @@
 """Training arrays: read `train.npz` (local path or storage URI) and cut per-rank batches.
 
-Kept behind `load_train_arrays` until `pipeline.data` provides the shared loader. Batches are
-built by indexing the uint8 NHWC array (no DataLoader: the data is in memory, and Ray ships it
-through the object store), then scaled to float [-1, 1] NCHW one batch at a time.
+Batches are built by indexing the uint8 NHWC images where they live: `DeviceArrays` moves the
+whole (small) training set to the training device once, so a step copies nothing from the host
+and never blocks on a pageable transfer; each batch is scaled to float [-1, 1] on the device.
+There is no DataLoader: the data is in memory, and Ray ships it through the object store.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.config import IMAGE_SIZES
 from pipeline.errors import UserError
-
-IMAGE_SIZES = (28, 32, 64)
+from pipeline.imaging import to_unit_range
 
 
 @dataclass(frozen=True)
@@ -27,16 +28,6 @@ class TrainArrays:
     labels: np.ndarray  # (N,) int64
     class_names: list[str]
     sha256: str  # of the .npz file: part of the training run's name
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W), the layout the models use."""
-        _, h, w, c = self.images.shape
-        return c, h, w
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names) or int(self.labels.max()) + 1
 
 
 def _read(path: str) -> bytes:
@@ -81,16 +72,32 @@ def load_train_arrays(path: str | Path) -> TrainArrays:
                        hashlib.sha256(blob).hexdigest())
 
 
-def to_model_input(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (B, H, W, C) -> float (B, C, H, W) in [-1, 1] on `device`."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+@dataclass(frozen=True)
+class DeviceArrays:
+    """The training set on the training device: images uint8 (N, H, W, C), labels int64 (N,)."""
 
+    images: torch.Tensor
+    labels: torch.Tensor
 
-def batches(images: np.ndarray, labels: np.ndarray, indices: list[int], batch_size: int,
-            device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Full batches of `indices` in order (a trailing partial batch is dropped: every rank
-    must run the same number of DDP steps)."""
-    for start in range(0, len(indices) - batch_size + 1, batch_size):
-        idx = np.sort(np.asarray(indices[start : start + batch_size]))  # sorted: faster gather
-        yield to_model_input(images[idx], device), torch.from_numpy(labels[idx]).to(device)
+    @classmethod
+    def on(cls, device: torch.device, images: np.ndarray, labels: np.ndarray) -> DeviceArrays:
+        # One host-to-device copy for the whole run (Fashion-MNIST: 42 MB of uint8). Arrays
+        # from Ray's object store are read-only: copy them (torch wants writable memory).
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.require(a, requirements=("C", "W"))).to(device)
+
+        return cls(tensor(images), tensor(labels))
+
+    def batches(self, indices: list[int], batch_size: int, channels_last: bool = False
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Full batches of `indices` in order, as (float (B, C, H, W) in [-1, 1], labels (B,)).
+
+        A trailing partial batch is dropped: every rank must run the same number of DDP steps.
+        Indices are sorted within a batch (a faster gather) and sent to the device once."""
+        n = len(indices) // batch_size
+        order = np.sort(np.asarray(indices[: n * batch_size]).reshape(n, batch_size), axis=1)
+        order_t = torch.from_numpy(order).to(self.images.device)  # (n, B)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        for idx in order_t:
+            x = to_unit_range(self.images[idx]).contiguous(memory_format=fmt)  # (B, C, H, W)
+            yield x, self.labels[idx]

@@ -1,24 +1,23 @@
 """One worker's GAN training loop: plain torch, no Ray (the launcher injects `Hooks`).
 
-`train_worker(cfg, data, hooks)` builds G and D, restores the latest checkpoint if there is one,
-then runs epochs of `run_epoch`, and after each epoch hands metrics plus (rank 0) a checkpoint
-directory to `hooks.report`. Under Ray, `pipeline.train.launcher` supplies hooks that call
-`ray.train.report/get_checkpoint`; tests and benchmarks use `LocalHooks` in-process:
+`train_worker(cfg, images, labels, class_names, hooks)` builds G and D, restores the latest
+checkpoint if there is one, then runs epochs of `run_epoch`, and after each epoch hands metrics
+plus (rank 0) a checkpoint directory to `hooks.report`. The worker writes no file of its own:
+everything the driver needs (weights, per-epoch history, sample grids) travels in the
+checkpoint, so rank 0 may run on any node. Under Ray, `pipeline.train.launcher` supplies hooks
+that call `ray.train.report/get_checkpoint`; tests and benchmarks use `LocalHooks` in-process:
 
     hooks = LocalHooks(Path("/tmp/ckpts"))
-    train_worker(WorkerConfig(model=..., train=..., ...), arrays, hooks)
+    train_worker(WorkerConfig(model=..., train=..., seed=0), images, labels, names, hooks)
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import math
-import os
 import shutil
-import signal
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.errors import UserError
-from pipeline.io import atomic_path
+from pipeline.imaging import save_grid
 from pipeline.models import (
     build_models,
     load_checkpoint,
@@ -40,14 +38,14 @@ from pipeline.models import (
     save_checkpoint,
     unwrap,
 )
-from pipeline.train.data import batches
+from pipeline.train.data import DeviceArrays
+from pipeline.train.stats import STAT_NAMES, NonFiniteLossError, RunningStats
+
+__all__ = ["LOG_FIELDS", "STATE_FILE", "Hooks", "LocalHooks", "NonFiniteLossError",
+           "WorkerConfig", "run_epoch", "train_worker"]
 
 LOG_FIELDS = ("epoch", "loss_d", "loss_g", "d_real", "d_fake", "images_per_s", "epoch_seconds")
 STATE_FILE = "state.pt"  # inside a checkpoint directory; `samples/` holds the grids so far
-
-
-class NonFiniteLossError(UserError):
-    """A loss became NaN/inf: the run diverged (a user-facing error, not a crash to retry)."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +56,8 @@ class WorkerConfig:
     train: TrainConfig
     seed: int
     world_size: int = 1  # the global batch is split evenly across this many ranks
-    metrics_dir: str | None = None  # absolute; rank 0 writes train_log.csv + samples/ live
     tracking: dict[str, str] | None = None  # {uri, run_id, experiment_id}: rank 0 logs there
-    # Fault injection for the fault-tolerance tests only: {"epoch", "step", "rank", "marker"}.
-    kill_at: dict[str, Any] | None = None
+    check_every: int = 25  # steps between non-finite checks (one collective + one host sync)
 
 
 @dataclass
@@ -76,13 +72,15 @@ class Hooks:
     # restore(): a context manager yielding the latest checkpoint directory, or None.
     restore: Callable[[], contextlib.AbstractContextManager[Path | None]] = (
         lambda: contextlib.nullcontext(None))
+    # on_step(epoch, step) before every step: fault injection in tests (pipeline.train.faults).
+    on_step: Callable[[int, int], None] = lambda epoch, step: None
 
 
 class LocalHooks(Hooks):
     """In-process hooks: checkpoints are copied to `root/epoch_XXX`, the latest is restored."""
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(report=self._report, restore=self._restore)
+    def __init__(self, root: Path, **hooks: Any) -> None:
+        super().__init__(report=self._report, restore=self._restore, **hooks)
         self.root = Path(root)
         self.reports: list[dict[str, Any]] = []  # every epoch's metrics, in order
 
@@ -97,13 +95,6 @@ class LocalHooks(Hooks):
         yield found[-1] if found else None
 
 
-def _mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(values)
-        values /= dist.get_world_size()
-    return values
-
-
 def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager[Any]:
     """DDP's no_sync (skip the gradient all-reduce) or nothing for a bare module."""
     return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
@@ -115,32 +106,43 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
+def effective_precision(precision: str, device: torch.device) -> str:
+    """`precision`, except bf16 on a CUDA GPU without native bf16 (before sm80, e.g. T4/V100):
+    torch emulates it there, slower than fp32, so fall back to fp32 with a warning."""
+    if (precision == "bf16" and device.type == "cuda"
+            and not torch.cuda.is_bf16_supported(including_emulation=False)):
+        warnings.warn(f"train.precision: bf16 is emulated on {torch.cuda.get_device_name(device)}"
+                      " (no native bf16 before sm80); training in fp32", stacklevel=2)
+        return "fp32"
+    return precision
+
+
 def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
               opt_d: torch.optim.Optimizer,
               loader: Iterator[tuple[torch.Tensor, torch.Tensor]], *, epoch: int,
               latent_dim: int, num_classes: int, noise: torch.Generator, device: torch.device,
-              precision: str = "fp32", channels_last: bool = False, max_steps: int | None = None,
-              step: int = 0, on_step: Callable[[int, int], None] | None = None,
+              precision: str = "fp32", max_steps: int | None = None, step: int = 0,
+              check_every: int = 25, on_step: Callable[[int, int], None] | None = None,
               ) -> tuple[dict[str, float], int]:
     """One epoch of the non-saturating GAN; returns (rank-averaged means, global step).
 
-    Raises `NonFiniteLossError` naming epoch and step as soon as a loss is NaN/inf (on any rank:
-    the per-step statistics are averaged across ranks, so every rank stops at the same step).
+    `loader` yields device batches; `noise` is a generator on `device`. The per-step statistics
+    stay on the device; every `check_every` steps and at the end they are reduced across ranks
+    (`RunningStats`), which raises `NonFiniteLossError` naming the epoch and step of the first
+    NaN/inf loss on any rank, so every rank stops at the same step.
     """
     criterion = nn.BCEWithLogitsLoss()
     conditional = num_classes > 0 and getattr(unwrap(G), "num_classes", 0) > 0
-    totals = torch.zeros(4, dtype=torch.float64)
+    stats = RunningStats(device, check_every)
     steps = 0
     for real, labels in loader:
         if max_steps is not None and steps >= max_steps:
             break
         if on_step is not None:
             on_step(epoch, steps)
-        if channels_last:
-            real = real.contiguous(memory_format=torch.channels_last)
         b = real.size(0)
-        z = torch.randn(b, latent_dim, generator=noise).to(device)  # (B, latent)
-        fake_labels = (torch.randint(0, num_classes, (b,), generator=noise).to(device)
+        z = torch.randn(b, latent_dim, generator=noise, device=device)  # (B, latent)
+        fake_labels = (torch.randint(0, num_classes, (b,), generator=noise, device=device)
                        if conditional else None)
         ones, zeros = torch.ones(b, device=device), torch.zeros(b, device=device)
 
@@ -171,67 +173,15 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
             loss_g.backward()
         opt_g.step()
 
-        with torch.no_grad():
-            stats = torch.stack([loss_d.detach().float(), loss_g.detach().float(),
-                                 torch.sigmoid(logits_real.float()).mean(),  # D(x)
-                                 torch.sigmoid(logits_fake.float()).mean()]).cpu()
-        stats = _mean_across_ranks(stats)
-        if not torch.isfinite(stats).all():
-            raise NonFiniteLossError(
-                f"train: non-finite loss at epoch {epoch} step {steps} (global step {step}): "
-                f"loss_d={stats[0].item():.4g} loss_g={stats[1].item():.4g}; lower "
-                "train.lr_d / train.lr_g or use train.precision fp32")
-        totals += stats.double()
+        with torch.no_grad():  # (4,) on the device: no host sync here
+            stats.add(torch.stack([loss_d.float(), loss_g.float(),
+                                   torch.sigmoid(logits_real.float()).mean(),  # D(x)
+                                   torch.sigmoid(logits_fake.float()).mean()]))  # D(G(z))
         steps += 1
         step += 1
-    if steps == 0:
-        raise UserError("train: no full batch per worker; lower train.batch_size or add data")
-    loss_d_, loss_g_, d_real, d_fake = (totals / steps).tolist()
-    return {"loss_d": loss_d_, "loss_g": loss_g_, "d_real": d_real, "d_fake": d_fake,
-            "steps": steps}, step
-
-
-def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
-    """Write images (N, C, H, W) in [-1, 1] as one PNG grid with 2 px padding (PIL)."""
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    nrow = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / nrow)
-    pad = 2
-    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
-    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte()
-    pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[y : y + h, x : x + w] = pixels[i]
-    img = Image.fromarray(grid[:, :, 0] if c == 1 else grid, mode="L" if c == 1 else "RGB")
-    with atomic_path(path, ".png") as tmp:
-        img.save(tmp, format="PNG")
-
-
-def write_log(rows: list[dict[str, Any]], path: Path) -> None:
-    """The per-epoch CSV (DVC plot), rewritten whole: a resumed run never duplicates epochs."""
-    with atomic_path(path, ".csv") as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _maybe_kill(kill_at: dict[str, Any] | None, rank: int, epoch: int, step: int) -> None:
-    """Fault tests: SIGKILL this worker once (a marker file makes the restart survive)."""
-    if not kill_at or (rank, epoch, step) != (kill_at.get("rank", 0), kill_at["epoch"],
-                                              kill_at["step"]):
-        return
-    marker = Path(kill_at["marker"])
-    if marker.exists():
-        return
-    marker.write_text(f"killed rank {rank} at epoch {epoch} step {step}\n")
-    # Ray Train V2 registers a reported checkpoint when its controller next polls the workers
-    # (every 2 s): die a little later, like a real crash minutes into an epoch would.
-    time.sleep(float(kill_at.get("delay_s", 3.0)))
-    os.kill(os.getpid(), signal.SIGKILL)
+        if stats.due():
+            stats.sync(epoch, steps)
+    return {**stats.means(epoch, steps), "steps": steps}, step
 
 
 def _fixed_noise(cfg: WorkerConfig, num_classes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -242,14 +192,25 @@ def _fixed_noise(cfg: WorkerConfig, num_classes: int) -> tuple[torch.Tensor, tor
     return z, labels
 
 
+def _epoch_noise(cfg: WorkerConfig, epoch: int, rank: int, device: torch.device
+                 ) -> torch.Generator:
+    """Per-rank, per-epoch noise stream on `device`: a resumed epoch replays the same noise."""
+    return torch.Generator(device=device).manual_seed(
+        (cfg.seed * 1_000_003 + epoch) * 1024 + rank)
+
+
 def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
                  class_names: list[str], hooks: Hooks) -> dict[str, Any]:
-    """Train for `cfg.train.epochs` (resuming from `hooks.restore()`); return the last metrics."""
+    """Train for `cfg.train.epochs` (resuming from `hooks.restore()`); return the last metrics.
+
+    Raises `UserError` when the restored run is already past `cfg.train.epochs`."""
     rank, world, device = hooks.rank, cfg.world_size, hooks.device
     master = rank == 0  # logs, saves checkpoints and sample grids
     num_classes = len(class_names) or int(labels.max()) + 1
     image_shape = (images.shape[3], images.shape[1], images.shape[2])  # (C, H, W)
     local_batch = cfg.train.batch_size // world
+    precision = effective_precision(cfg.train.precision, device)
+    data = DeviceArrays.on(device, images, labels)
 
     torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
     G, D = build_models(cfg.model.model_dump(), image_shape, num_classes)
@@ -275,11 +236,11 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
             start_epoch, step, history = ckpt["epoch"] + 1, ckpt["step"], list(ckpt["history"])
             if master:  # the grids of the epochs before the resume
                 shutil.copytree(Path(ckpt_dir) / "samples", samples, dirs_exist_ok=True)
-                if cfg.metrics_dir:
-                    shutil.copytree(samples, Path(cfg.metrics_dir) / "samples",
-                                    dirs_exist_ok=True)
-            if master:
                 print(f"resumed from epoch {ckpt['epoch']} (step {step})", flush=True)
+    if start_epoch > cfg.train.epochs + 1:
+        raise UserError(f"train.epochs: {cfg.train.epochs}, but this run has already trained "
+                        f"{start_epoch - 1} epochs; raise train.epochs to continue it, or "
+                        "delete its directory under ray.storage_path to start over")
 
     tracker = None
     if master and cfg.tracking:
@@ -294,19 +255,17 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
 
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         sampler.set_epoch(epoch)
-        # Per-rank, per-epoch noise stream: a resumed epoch replays exactly the same noise.
-        noise = torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * 1024 + rank)
         t0 = time.perf_counter()
         stats, step = run_epoch(
             G, D, opt_g, opt_d,
-            batches(images, labels, list(sampler), local_batch, device),
+            data.batches(list(sampler), local_batch, cfg.train.channels_last),
             epoch=epoch, latent_dim=cfg.model.latent_dim,
-            num_classes=num_classes if cfg.model.conditional else 0, noise=noise, device=device,
-            precision=cfg.train.precision, channels_last=cfg.train.channels_last,
-            max_steps=cfg.train.max_steps_per_epoch, step=step,
-            on_step=lambda e, s: _maybe_kill(cfg.kill_at, rank, e, s))
+            num_classes=num_classes if cfg.model.conditional else 0,
+            noise=_epoch_noise(cfg, epoch, rank, device), device=device, precision=precision,
+            max_steps=cfg.train.max_steps_per_epoch, step=step, check_every=cfg.check_every,
+            on_step=hooks.on_step)
         seconds = time.perf_counter() - t0
-        metrics = {"epoch": epoch, **{k: stats[k] for k in LOG_FIELDS[1:5]},
+        metrics = {"epoch": epoch, **{k: stats[k] for k in STAT_NAMES},
                    "images_per_s": stats["steps"] * local_batch * world / seconds,
                    "epoch_seconds": seconds, "step": step}
         history.append(metrics)
@@ -336,7 +295,8 @@ def _save_epoch(cfg: WorkerConfig, G: nn.Module, D: nn.Module, opt_g: torch.opti
                 image_shape: tuple[int, int, int], num_classes: int, class_names: list[str],
                 fixed_z: torch.Tensor, fixed_labels: torch.Tensor | None, device: torch.device,
                 tracker: Any) -> None:
-    """Rank 0: checkpoint + sample grid into `ckpt_dir`, live log/grid files, MLflow."""
+    """Rank 0: checkpoint (weights on the CPU) + every sample grid so far into `ckpt_dir`;
+    the epoch's metrics and grid to MLflow."""
     epoch, step = history[-1]["epoch"], history[-1]["step"]
     g = unwrap(G)  # the bare module: a DDP forward on rank 0 alone would wait for peers
     g.eval()
@@ -351,11 +311,6 @@ def _save_epoch(cfg: WorkerConfig, G: nn.Module, D: nn.Module, opt_g: torch.opti
         class_names=class_names, epoch=epoch, step=step, generator=unwrap(G),
         discriminator=unwrap(D), opt_g=opt_g, opt_d=opt_d, rng_torch=torch.get_rng_state(),
         history=history))
-    if cfg.metrics_dir:
-        out = Path(cfg.metrics_dir)
-        write_log(history, out / "train_log.csv")
-        (out / "samples").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(samples / name, out / "samples" / name)
     if tracker is not None:
         tracker.log_metrics({f"train/{k}": history[-1][k] for k in LOG_FIELDS[1:]}, step=epoch)
         tracker.log_artifact(samples / name, "samples")

@@ -1,0 +1,40 @@
+"""A training run's identity: the Ray run name, `gan-<12 hex>`.
+
+Ray Train V2 resumes a run by its `RunConfig(name, storage_path)`, and the model's MLflow run is
+found by the tag `ray.run_name`, so the name decides what a rerun continues. It covers exactly
+what changes the trajectory so far: the model, the optimiser and batch settings, precision and
+memory format, the seed, the data (sha256 of train.npz), the world size and the training code.
+It leaves out what only says how far to go or what to draw: `train.epochs` (raising it
+continues the same run from its last checkpoint, in the same MLflow run) and `train.grid_size`.
+`max_steps_per_epoch` stays in: it changes what every past epoch was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pipeline.config import Params, params_hash
+
+# train.* keys that do not change the trajectory of the epochs already trained.
+NOT_IDENTITY = frozenset({"epochs", "grid_size"})
+
+
+def code_hash() -> str:
+    """sha256 of the training code (pipeline/models, pipeline/train and the image conversion
+    they share): a code change starts a fresh run instead of resuming what the old code wrote."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parents[1]
+    files = [*(package / "models").glob("*.py"), *(package / "train").glob("*.py"),
+             package / "imaging.py"]
+    for path in sorted(files):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_name(params: Params, data_sha256: str, world_size: int) -> str:
+    """`gan-<12 hex>`: equal for equal trajectories so far, so a rerun resumes the same run."""
+    train = params.train.model_dump(mode="json", exclude=set(NOT_IDENTITY))
+    return "gan-" + params_hash(params.model, extra={
+        "train": train, "seed": params.seed, "world_size": world_size,
+        "use_gpu": params.ray.use_gpu, "data_sha256": data_sha256, "code": code_hash()})
