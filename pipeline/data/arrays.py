@@ -21,6 +21,7 @@ from pipeline.data.images import (
     convert_channels,
     list_image_files,
     load_image_files,
+    no_images_error,
     resize_images,
 )
 from pipeline.errors import UserError
@@ -92,13 +93,15 @@ def save_split(path: str | os.PathLike[str], images: np.ndarray, labels: np.ndar
 
 def load_images_any(path: str | os.PathLike[str], image_size: int | None = None,
                     channels: int | None = None) -> np.ndarray:
-    """uint8 (N, H, W, C) from an .npz, one PNG/JPEG, or a folder of them (recursive, in the
-    sorted order of `list_image_files`). image_size/channels None: keep the images' own."""
+    """uint8 (N, H, W, C) from an .npz, one image file (`IMAGE_EXTENSIONS`: PNG, JPEG, WebP,
+    BMP, TIFF, GIF, AVIF), or a folder of them (recursive, in the sorted order of
+    `list_image_files`), each read as `open_image` shows it. image_size/channels None: keep
+    the images' own."""
     path = Path(path)
     if path.is_dir():
         files = list_image_files(path)
         if not files:
-            raise UserError(f"{path}: no PNG/JPEG images (empty folder)")
+            raise no_images_error(path)
     elif path.suffix.lower() in IMAGE_EXTENSIONS:
         if not path.is_file():
             raise UserError(f"{path}: not found")
