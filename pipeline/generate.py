@@ -11,14 +11,19 @@ never a made-up class 0 that per-class code would silently trust. Read fakes wit
 `pipeline.data.arrays.load_images` (`load_split` rejects -1 labels on purpose).
 
 Every split draws its noise from its own seed, `split_seed(seed, split)`, so no two splits share
-a latent vector (the detector is never tested on a fake it trained on). All noise is drawn up
-front on the CPU, so the images do not depend on `generate.batch_size` or on the device.
+a latent vector (the detector is never tested on a fake it trained on).
+
+G always runs on the CPU, whatever GPUs the machine has (there is no device setting): it is
+small (the default DCGAN makes thousands of images a second on 2 cores), and on a GPU the fakes
+would change with TF32, cuDNN's choice of convolution algorithm and the GPU model, so every
+later stage's numbers would too. On the CPU the fakes depend on the generator file, the seed
+and the torch build only, not on the machine's GPU or on `generate.batch_size` (the noise is
+drawn up front).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
 from pathlib import Path
@@ -30,7 +35,8 @@ from tqdm import tqdm
 
 from pipeline.config import GenerateConfig
 from pipeline.errors import UserError
-from pipeline.io import atomic_dir, atomic_path
+from pipeline.imaging import save_grid, to_uint8, to_unit_range
+from pipeline.io import atomic_dir
 
 SPLITS = ("eval", "detector_train", "detector_test")
 NO_LABEL = -1  # label of a fake from an unconditional generator
@@ -43,74 +49,39 @@ def split_seed(seed: int, split: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) floats in [-1, 1] -> uint8 (N, H, W, C), the layout of prepared data."""
-    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @torch.no_grad()
 def sample(G: torch.nn.Module, meta: dict[str, Any], n: int, seed: int, batch_size: int = 500,
-           device: str | torch.device = "cpu", desc: str | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """`n` fakes from G as (uint8 (n, H, W, C), labels int64 (n,)); the same seed, the same
-    images. `meta` is what `load_generator` returns (model_config, num_classes)."""
+           desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`n` fakes from G, on the CPU, as (uint8 (n, H, W, C), labels int64 (n,)); the same seed,
+    the same images. `meta` is what `load_generator` returns (model_config, num_classes)."""
     cfg = meta["model_config"]
     conditional = bool(cfg.get("conditional")) and int(meta.get("num_classes", 0)) > 0
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, int(cfg["latent_dim"]), generator=gen)  # (n, latent), CPU
     labels = (torch.randint(0, int(meta["num_classes"]), (n,), generator=gen) if conditional
               else torch.full((n,), NO_LABEL, dtype=torch.int64))
-    G = G.to(device).eval()
+    G = G.cpu().eval()
     chunks = []
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False,
                       disable=desc is None):
-        zb = z[start:start + batch_size].to(device)
-        out = G(zb, labels[start:start + batch_size].to(device)) if conditional else G(zb)
+        zb = z[start:start + batch_size]
+        out = G(zb, labels[start:start + batch_size]) if conditional else G(zb)
         chunks.append(to_uint8(out))  # (b, H, W, C)
     return np.concatenate(chunks), labels.numpy().astype(np.int64)
 
 
-def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
-    """uint8 (N, H, W, C) -> one uint8 (rows, cols, C) grid image with `pad` black pixels."""
-    n, h, w, c = images.shape
-    nrow = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / nrow)
-    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, col = divmod(i, nrow)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[y:y + h, x:x + w] = img
-    return grid
-
-
-def save_png(image: np.ndarray, path: str | os.PathLike[str]) -> None:
-    """Write one uint8 (H, W, C) image as PNG, atomically."""
-    from PIL import Image
-
-    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    with atomic_path(path, ".png") as tmp:
-        pil.save(tmp, format="PNG")
-
-
-def _load(generator_path: str | os.PathLike[str], device: torch.device
-          ) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _load(generator_path: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
     from pipeline.models import load_generator  # keeps `import pipeline.generate` light
 
-    return load_generator(generator_path, device)
+    return load_generator(generator_path, "cpu")
 
 
 def generate_splits(generator_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                    cfg: GenerateConfig, seed: int, device: str | torch.device | None = None
-                    ) -> dict[str, Any]:
-    """Write the three fake sets and `grid.png` into `out_dir` (replaced whole, atomically).
-    Returns a summary: counts per split, image_shape [H, W, C], conditional, seconds."""
-    device = torch.device(device) if device is not None else default_device()
-    G, meta = _load(generator_path, device)
+                    cfg: GenerateConfig, seed: int) -> dict[str, Any]:
+    """Write the three fake sets and `grid.png` into `out_dir` (replaced whole, atomically),
+    sampling on the CPU. Returns a summary: counts per split, image_shape [H, W, C],
+    conditional, seconds."""
+    G, meta = _load(generator_path)
     counts = {"eval": cfg.num_eval, "detector_train": cfg.num_detector_train,
               "detector_test": cfg.num_detector_test}
     class_names = np.array([str(c) for c in meta.get("class_names") or []], dtype=str)
@@ -119,10 +90,10 @@ def generate_splits(generator_path: str | os.PathLike[str], out_dir: str | os.Pa
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             noise_seed = split_seed(seed, split)
-            images, labels = sample(G, meta, counts[split], noise_seed, cfg.batch_size, device,
+            images, labels = sample(G, meta, counts[split], noise_seed, cfg.batch_size,
                                     desc=f"generate {split}")
-            if split == "eval":
-                save_png(image_grid(images[:GRID_IMAGES]), tmp / "grid.png")
+            if split == "eval":  # exact: uint8 -> [-1, 1] -> uint8 gives back the same pixels
+                save_grid(to_unit_range(images[:GRID_IMAGES]), tmp / "grid.png")
             # Written straight into the temp dir: atomic_dir publishes all files or none.
             with open(tmp / f"{split}.npz", "wb") as fh:
                 np.savez_compressed(fh, images=images, labels=labels, class_names=class_names,
@@ -136,11 +107,11 @@ def generate_splits(generator_path: str | os.PathLike[str], out_dir: str | os.Pa
 
 def sample_grid(generator_path: str | os.PathLike[str], n: int = 64, seed: int = 0,
                 out: str | os.PathLike[str] = "samples.png") -> Path:
-    """Write a PNG grid of `n` fakes (for `gan-forensics sample`); returns its path."""
+    """Write a PNG grid of `n` fakes (for `gan-forensics sample`; CPU, as `generate_splits`);
+    returns its path."""
     if n <= 0:
         raise UserError(f"--n: must be > 0, got {n}")
-    device = default_device()
-    G, meta = _load(generator_path, device)
-    images, _ = sample(G, meta, n, seed, batch_size=500, device=device)
-    save_png(image_grid(images), out)
+    G, meta = _load(generator_path)
+    images, _ = sample(G, meta, n, seed, batch_size=500)
+    save_grid(to_unit_range(images), out)
     return Path(out)

@@ -12,11 +12,12 @@ in `Tracker.lost`, the stage still writes its files, and `Tracker.close()` then 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,25 @@ class Tracker:
         for key, value in metrics.items():
             self._call(f"model version tag {key}", self.client.set_model_version_tag,
                        name, version, key, str(value))
+
+    @contextlib.contextmanager
+    def closing(self) -> Iterator[Tracker]:
+        """Use the run, then close it: FINISHED, FAILED after an error, KILLED on Ctrl-C, so it
+        is never left RUNNING. What `close` could not log is raised only when nothing else
+        failed (after a crash, the crash is the error to show)."""
+        status = "FAILED"
+        try:
+            yield self
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            try:
+                self.close(status)
+            except UserError:
+                if status == "FINISHED":
+                    raise
 
     def close(self, status: str = "FINISHED") -> None:
         """End the run; raise one `UserError` naming everything that was not logged."""

@@ -4,8 +4,10 @@
         --discriminator models/discriminator.pt --run models/run.json --model models/detector.pt \
         --metrics metrics/detector.json --roc metrics/roc.csv --plots metrics/detector
 
-The protocol (balanced seeded subsets, disjoint sets, robustness transforms) is documented in
-pipeline/detect/run.py. Files are written first, then logged to the model's MLflow run.
+The protocol (balanced seeded subsets, disjoint sets, robustness transforms applied to real and
+fake test images alike) is documented in pipeline/detect/run.py. On CUDA, TF32 is off
+(pipeline/device.py); metrics/detector.json records the `device`. Files are written first, then
+logged to the model's MLflow run.
 """
 
 from __future__ import annotations
@@ -48,13 +50,14 @@ def main() -> None:
         if k.startswith("detector_auc_")))
     # Files first (above): a tracking failure below loses nothing.
     if args.run.is_file():
-        tracker = Tracker.reopen(params.mlflow, args.run)
-        tracker.log_metrics({f"detect/{k}": v for k, v in result.metrics.items()})
-        for path in (args.metrics, args.roc, args.plots / "roc.png"):
-            tracker.log_artifact(path, "detect")
-        tracker.tag_model_version({k: f"{m[k]:.4g}" for k in
-                                   ("detector_auc", "detector_eer", "detector_tpr_at_1fpr")})
-        tracker.close()
+        # Closed FINISHED, or FAILED/KILLED on an error: the model's run is never left RUNNING.
+        with Tracker.reopen(params.mlflow, args.run).closing() as tracker:
+            tracker.log_metrics({f"detect/{k}": v for k, v in m.items()
+                                 if isinstance(v, int | float)})  # not "device"
+            for path in (args.metrics, args.roc, args.plots / "roc.png"):
+                tracker.log_artifact(path, "detect")
+            tracker.tag_model_version({k: f"{m[k]:.4g}" for k in
+                                       ("detector_auc", "detector_eer", "detector_tpr_at_1fpr")})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Inception-v3 feature spaces, each beside the real-vs-real floor at the same N.
         --metrics metrics/quality.json --plots metrics/quality
 
 Files are written first (atomically); then, when --run exists, the metrics and files are added
-to the model's MLflow run. Real-image features are cached in .cache/features/.
+to the model's MLflow run. Real-image features are cached in .cache/features/. On CUDA, TF32 is
+off (pipeline/device.py), and metrics/quality.json records the `device` that measured it.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def main() -> None:
     if args.run.is_file():
         from pipeline.tracking import Tracker
 
-        tracker = Tracker.reopen(params.mlflow, args.run)
-        try:
+        # Closed FINISHED, or FAILED/KILLED on an error: the model's run is never left RUNNING.
+        with Tracker.reopen(params.mlflow, args.run).closing() as tracker:
             tracker.log_metrics({f"quality/{k}": v for k, v in metrics.items()
                                  if isinstance(v, int | float)})
             for path in (args.metrics, png):
@@ -51,8 +52,6 @@ def main() -> None:
             tracker.tag_model_version({k: f"{v:.4g}" for k, v in metrics.items()
                                        if k.startswith(("fid_", "precision_", "recall_"))
                                        and "floor" not in k and isinstance(v, float)})
-        finally:
-            tracker.close()
         print(f"logged to MLflow run {tracker.run_id}")
 
 

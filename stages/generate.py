@@ -5,6 +5,7 @@
 
 Writes data/generated/{eval,detector_train,detector_test}.npz (disjoint noise seeds) and
 grid.png, atomically, then adds the grid to the model's MLflow run (when models/run.json exists).
+Always on the CPU, so the fakes do not depend on the machine's GPU (see pipeline/generate.py).
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ def main() -> None:
     print(f"-> {args.out} in {summary['seconds']:.1f} s")
     # Files first (above): a tracking failure below loses nothing.
     if args.run.is_file():
-        tracker = Tracker.reopen(params.mlflow, args.run)
-        tracker.log_artifact(args.out / "grid.png", "generate")
-        tracker.log_metrics({f"generate/num_{s}": summary[s] for s in SPLITS})
-        tracker.close()
+        # Closed FINISHED, or FAILED/KILLED on an error: the model's run is never left RUNNING.
+        with Tracker.reopen(params.mlflow, args.run).closing() as tracker:
+            tracker.log_artifact(args.out / "grid.png", "generate")
+            tracker.log_metrics({f"generate/num_{s}": summary[s] for s in SPLITS})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""FeatureNet: input scaling, shapes for every supported size, checkpoint round trip, and that
-a few epochs on sklearn digits learn a usable classifier."""
+"""FeatureNet: shapes for every supported size, checkpoint round trip, that a few epochs on
+sklearn digits learn a usable classifier, and that cached real features are keyed by the device
+and torch build that computed them."""
 
 from __future__ import annotations
 
@@ -8,23 +9,18 @@ import pytest
 import torch
 
 from pipeline.errors import UserError
+from pipeline.metrics.cache import cache_key, feature_source
 from pipeline.metrics.featurenet import (
+    FORMAT,
     FeatureNet,
     accuracy,
     load_featurenet,
     save_featurenet,
-    to_input,
     train_featurenet,
 )
+from pipeline.metrics.features import domain_extractor
 
 torch.set_num_threads(1)
-
-
-def test_to_input_scales_uint8_nhwc_to_unit_range_nchw():
-    x = torch.tensor([0, 255, 128], dtype=torch.uint8).reshape(1, 1, 3, 1)
-    y = to_input(x)
-    assert y.shape == (1, 1, 1, 3)
-    assert torch.allclose(y.flatten(), torch.tensor([-1.0, 1.0, 128 / 127.5 - 1]), atol=1e-6)
 
 
 @pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 1)])
@@ -41,7 +37,8 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
     path = tmp_path / "fn.pt"
     save_featurenet(path, net, {"width": 4}, (16, 16, 1), 0.5)
     ckpt = torch.load(path, weights_only=True)
-    assert set(ckpt) == {"state_dict", "config", "image_shape", "num_classes", "accuracy"}
+    assert set(ckpt) == {"format", "state_dict", "config", "image_shape", "num_classes",
+                         "accuracy"}
     loaded, meta = load_featurenet(path)
     x = torch.randn(3, 1, 16, 16)
     with torch.no_grad():
@@ -51,11 +48,14 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
 
 
 def test_bad_or_missing_checkpoint_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="featurenet stage"):
+    with pytest.raises(UserError, match="FeatureNet checkpoint not found .run the featurenet"):
         load_featurenet(tmp_path / "missing.pt")
-    torch.save({"state_dict": {}}, tmp_path / "bad.pt")
-    with pytest.raises(UserError, match="not a FeatureNet checkpoint"):
+    torch.save({"state_dict": {}}, tmp_path / "bad.pt")  # no format: e.g. another model's
+    with pytest.raises(UserError, match="bad.pt: not a gan-forensics/featurenet-v1 checkpoint"):
         load_featurenet(tmp_path / "bad.pt")
+    torch.save({"format": FORMAT, "state_dict": {}}, tmp_path / "broken.pt")
+    with pytest.raises(UserError, match="broken.pt: not a FeatureNet checkpoint .no 'image_shape'"):
+        load_featurenet(tmp_path / "broken.pt")
 
 
 def test_training_on_digits_learns(digits):
@@ -68,3 +68,25 @@ def test_training_on_digits_learns(digits):
     assert history[-1]["loss"] < history[0]["loss"]
     assert accuracy(model, images[1500:], labels[1500:]) > 0.8
     assert np.isfinite(history[-1]["val_accuracy"])
+
+
+def test_feature_cache_key_differs_between_devices_and_torch_builds(tmp_path, monkeypatch):
+    # No GPU here: name one, as torch.cuda would on a machine with an A100.
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
+
+    def key(source: str) -> str:
+        return cache_key(train="abc", extractor=source, n=100, seed=0, role="reference")
+
+    cpu = feature_source("featurenet:abc", torch.device("cpu"))
+    gpu = feature_source("featurenet:abc", torch.device("cuda"))
+    assert "cpu" in cpu and "cuda:NVIDIA A100" in gpu and torch.__version__ in cpu
+    assert key(cpu) != key(gpu)
+    assert key(cpu) == key(feature_source("featurenet:abc", torch.device("cpu")))  # stable
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    assert key(cpu) != key(feature_source("featurenet:abc", torch.device("cpu")))
+
+    # The domain extractor (whose identity evaluate puts in the key) says where it runs.
+    net = FeatureNet(1, 3, width=4, image_size=16)
+    save_featurenet(tmp_path / "fn.pt", net, {"width": 4}, (16, 16, 1), 0.5)
+    ex = domain_extractor(tmp_path / "fn.pt", "cpu")
+    assert ex.identity.startswith("featurenet:") and " on cpu with torch 9.9.9" in ex.identity

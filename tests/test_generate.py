@@ -1,4 +1,5 @@
-"""The generate stage: shapes, dtype, labels, disjoint noise per split, determinism, MLflow."""
+"""The generate stage: shapes, dtype, labels, disjoint noise per split, determinism, the grid,
+MLflow (and the model's run after a crash while logging)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def _read(path: Path) -> dict[str, np.ndarray]:
 
 def test_splits_layout_and_disjoint_noise(tmp_path: Path) -> None:
     gen, _ = write_gan(tmp_path / "models")
-    summary = generate_splits(gen, tmp_path / "generated", CFG, seed=0, device="cpu")
+    summary = generate_splits(gen, tmp_path / "generated", CFG, seed=0)
     out = tmp_path / "generated"
     assert sorted(p.name for p in out.iterdir()) == ["detector_test.npz", "detector_train.npz",
                                                      "eval.npz", "grid.png"]
@@ -58,10 +59,9 @@ def test_splits_layout_and_disjoint_noise(tmp_path: Path) -> None:
 
 def test_deterministic_and_batch_size_free(tmp_path: Path) -> None:
     gen, _ = write_gan(tmp_path / "models")
-    generate_splits(gen, tmp_path / "a", CFG, seed=3, device="cpu")
-    generate_splits(gen, tmp_path / "b", CFG.model_copy(update={"batch_size": 500}), seed=3,
-                    device="cpu")
-    generate_splits(gen, tmp_path / "c", CFG, seed=4, device="cpu")
+    generate_splits(gen, tmp_path / "a", CFG, seed=3)
+    generate_splits(gen, tmp_path / "b", CFG.model_copy(update={"batch_size": 500}), seed=3)
+    generate_splits(gen, tmp_path / "c", CFG, seed=4)
     a, b, c = (_read(tmp_path / d / "eval.npz")["images"] for d in "abc")
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
@@ -71,7 +71,7 @@ def test_deterministic_and_batch_size_free(tmp_path: Path) -> None:
 def test_conditional_labels_are_uniform_classes(tmp_path: Path) -> None:
     gen, _ = write_gan(tmp_path / "models", conditional=True, size=32, channels=3)
     cfg = CFG.model_copy(update={"num_eval": 60})
-    generate_splits(gen, tmp_path / "g", cfg, seed=0, device="cpu")
+    generate_splits(gen, tmp_path / "g", cfg, seed=0)
     a = _read(tmp_path / "g" / "eval.npz")
     assert a["images"].shape == (60, 32, 32, 3)
     assert a["labels"].min() >= 0 and a["labels"].max() <= 9
@@ -82,6 +82,18 @@ def test_missing_generator_is_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="generator.pt: checkpoint not found"):
         generate_splits(tmp_path / "generator.pt", tmp_path / "out", CFG, seed=0)
     assert not (tmp_path / "out").exists()
+
+
+def test_grid_shows_the_first_eval_fakes_exactly(tmp_path: Path) -> None:
+    from PIL import Image
+
+    gen, _ = write_gan(tmp_path / "models")
+    generate_splits(gen, tmp_path / "g", CFG, seed=0)
+    images = _read(tmp_path / "g" / "eval.npz")["images"]  # 20 fakes: a 5 x 4 grid
+    grid = np.asarray(Image.open(tmp_path / "g" / "grid.png"))
+    assert grid.shape == (4 * 30 + 2, 5 * 30 + 2)
+    np.testing.assert_array_equal(grid[2:30, 2:30], images[0, :, :, 0])
+    np.testing.assert_array_equal(grid[32:60, 2:30], images[5, :, :, 0])
 
 
 def test_sample_grid(tmp_path: Path) -> None:
@@ -121,3 +133,38 @@ def test_stage_missing_generator(tmp_path: Path, run_stage) -> None:
     assert res.returncode == 1
     assert res.stderr.strip() == ("error: models/generator.pt: checkpoint not found (run the "
                                   "train stage)")
+
+
+def test_interrupt_while_logging_ends_the_models_run_killed(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """Ctrl-C (or SIGTERM) while the stage logs to the model's MLflow run: the run is ended
+    KILLED, with an end time, never left RUNNING; the interrupt itself still propagates."""
+    import runpy
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import Tracker
+
+    write_gan(tmp_path / "models")
+    monkeypatch.chdir(tmp_path)
+    mlflow_cfg = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "params.yaml").write_text(json.dumps(
+        {"generate": CFG.model_dump(), "mlflow": mlflow_cfg.model_dump()}))
+    tracker = Tracker.start(mlflow_cfg, "test", {})
+    tracker.write_run_file(tmp_path / "models" / "run.json")
+    client = MlflowClient(mlflow_cfg.tracking_uri)
+    client.update_run(tracker.run_id, status="RUNNING")  # the worst case: still marked RUNNING
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Tracker, "log_metrics", interrupt)
+    stage = runpy.run_path(str(Path(__file__).parents[1] / "stages" / "generate.py"))
+    monkeypatch.setattr(sys, "argv", ["generate.py", "--generator", "models/generator.pt",
+                                      "--run", "models/run.json", "--out", "data/generated"])
+    with pytest.raises(KeyboardInterrupt):
+        stage["main"]()
+    info = client.get_run(tracker.run_id).info
+    assert info.status == "KILLED" and info.end_time is not None
+    assert (tmp_path / "data" / "generated" / "eval.npz").is_file()  # files came first

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.detect.model import to_input
+from pipeline.imaging import to_unit_range
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def discriminator_scores(D: torch.nn.Module, images: np.ndarray, labels: np.ndar
     D = D.to(device).eval()
     out = []
     for i in range(0, len(images), batch_size):
-        x = to_input(images[i:i + batch_size]).to(device)  # (B, C, H, W) in [-1, 1]
+        x = to_unit_range(images[i:i + batch_size], device)  # (B, C, H, W) in [-1, 1]
         if labels is None:
             logits = D(x)
         else:

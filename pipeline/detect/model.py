@@ -6,22 +6,22 @@
 The network keeps full resolution in its first layer and only then downsamples, because GAN
 fingerprints live in the highest frequencies (up-convolution checkerboards, Durall et al. 2020);
 global average pooling makes it size-agnostic. Checkpoint: {"format", "state_dict", "config"
-(width), "image_shape" [C, H, W] (as the GAN checkpoints), "metrics"}, loaded weights-only.
+(width), "image_shape" [C, H, W] (as the GAN checkpoints), "metrics"}, written and read through
+`pipeline.checkpoints`: atomic, CPU tensors even when trained on a GPU, loaded weights-only.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import UserError
-from pipeline.io import atomic_path
+from pipeline.checkpoints import load_state, save_state
+from pipeline.imaging import to_unit_range
 
 FORMAT = "gan-forensics/detector-v1"
 
@@ -45,17 +45,12 @@ class Detector(nn.Module):
         return self.net(x).flatten()  # (B,)
 
 
-def to_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1], the GAN's own pixel scale."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256,
             device: str | torch.device = "cpu") -> np.ndarray:
     """P(fake) float64 (N,) for uint8 (N, H, W, C) images."""
     model = model.to(device).eval()
-    out = [torch.sigmoid(model(to_input(images[i:i + batch_size]).to(device))).cpu()
+    out = [torch.sigmoid(model(to_unit_range(images[i:i + batch_size], device))).cpu()
            for i in range(0, len(images), batch_size)]
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
@@ -63,25 +58,16 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256,
 def save_detector(path: str | os.PathLike[str], model: Detector, config: dict[str, Any],
                   image_shape: tuple[int, int, int], metrics: dict[str, float] | None = None
                   ) -> None:
-    """Write the detector checkpoint atomically; image_shape is [C, H, W]."""
-    ckpt = {"format": FORMAT, "state_dict": model.state_dict(), "config": dict(config),
-            "image_shape": list(image_shape), "metrics": dict(metrics or {})}
-    with atomic_path(path, ".pt") as tmp:
-        torch.save(ckpt, tmp)
+    """Write the detector checkpoint atomically, its tensors on the CPU whatever device the
+    model is on; image_shape is [C, H, W]."""
+    save_state(path, {"format": FORMAT, "state_dict": model.state_dict(), "config": dict(config),
+                      "image_shape": list(image_shape), "metrics": dict(metrics or {})})
 
 
 def load_detector(path: str | os.PathLike[str], device: str | torch.device = "cpu"
                   ) -> tuple[Detector, dict[str, Any]]:
     """(detector in eval mode, meta with config and image_shape [C, H, W])."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: detector not found (run the detect stage: dvc repro detect)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path}: not a {FORMAT} checkpoint")
+    ckpt = load_state(path, FORMAT, "detector", hint="run the detect stage: dvc repro detect")
     channels = int(ckpt["image_shape"][0])
     model = Detector(channels, int(ckpt["config"]["width"]))
     model.load_state_dict(ckpt["state_dict"])

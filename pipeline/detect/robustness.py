@@ -1,9 +1,10 @@
 """Image perturbations for the detector's robustness check: JPEG re-encoding and Gaussian blur.
 
-Both map uint8 (N, H, W, C) to uint8 of the same shape, deterministically. `run.detect` applies
-them to the real AND the fake test images (a platform recompresses every upload, not only the
-forgeries; transforming only the fakes would let a detector score the transform's own artifact).
-It also reports the fakes-only variant for the trained detector, for comparison.
+Both map uint8 (N, H, W, C) to uint8 of the same shape, deterministically. `run.run_detect`
+applies each to the real AND the fake test images alike, for all three detectors (a platform
+recompresses every upload, not only the forgeries; transforming only the fakes would let a
+detector score the transform's own artifact). Only `detector_auc_<t>_fakes_only` transforms the
+fakes alone, beside clean reals, for comparison.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from pipeline.config import DetectConfig
-from pipeline.detect.model import Detector, to_input
+from pipeline.detect.model import Detector
 from pipeline.errors import UserError
+from pipeline.imaging import to_unit_range
 
 
 def train_detector(real: np.ndarray, fake: np.ndarray, cfg: DetectConfig, seed: int,
@@ -27,7 +28,7 @@ def train_detector(real: np.ndarray, fake: np.ndarray, cfg: DetectConfig, seed: 
                         f"{fake.shape[1:]} differ in shape")
     torch.manual_seed(seed)  # weight init
     model = Detector(real.shape[-1], cfg.width).to(device)
-    x = torch.cat([to_input(real), to_input(fake)])  # (N, C, H, W) in [-1, 1], CPU
+    x = torch.cat([to_unit_range(real), to_unit_range(fake)])  # (N, C, H, W) in [-1, 1], CPU
     y = torch.cat([torch.zeros(len(real)), torch.ones(len(fake))])
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     criterion = nn.BCEWithLogitsLoss()

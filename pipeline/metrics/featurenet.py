@@ -3,10 +3,12 @@
 Trained by the `featurenet` stage on the real training split (`stages/featurenet.py`); FID, KID
 and precision/recall in domain space use `FeatureNet.features`: the ReLU'd hidden layer before
 the logits (4 * width dims). Square 28/32/64 px inputs, 1 or 3 channels; images enter as uint8
-NHWC and `to_input` scales them to [-1, 1] NCHW, the range the DCGAN generator outputs.
+NHWC and `pipeline.imaging.to_unit_range` scales them to [-1, 1] NCHW, the range the DCGAN
+generator outputs.
 
-The checkpoint is a plain dict (`{state_dict, config, image_shape, num_classes, accuracy}`),
-saved atomically and read back with `torch.load(weights_only=True)` by `load_featurenet`.
+The checkpoint is a plain dict (`{format, state_dict, config, image_shape, num_classes,
+accuracy}`) written and read through `pipeline.checkpoints` (atomic, CPU tensors,
+weights-only).
 """
 
 from __future__ import annotations
@@ -19,14 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.checkpoints import load_state, save_state
 from pipeline.config import FeatureNetConfig
 from pipeline.errors import UserError
-from pipeline.io import atomic_path
+from pipeline.imaging import to_unit_range
 
-
-def to_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W, C) -> float32 (B, C, H, W) in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+FORMAT = "gan-forensics/featurenet-v1"
 
 
 def _block(cin: int, cout: int) -> list[nn.Module]:
@@ -59,31 +59,29 @@ class FeatureNet(nn.Module):
 
 def save_featurenet(path: str | os.PathLike[str], model: FeatureNet, config: dict[str, Any],
                     image_shape: tuple[int, int, int], accuracy: float) -> None:
-    """Write the checkpoint dict atomically (only tensors and plain Python values)."""
-    ckpt = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    """Write the checkpoint dict atomically (only CPU tensors and plain Python values)."""
+    save_state(path, {
+        "format": FORMAT,
+        "state_dict": model.state_dict(),
         "config": dict(config),
         "image_shape": [int(s) for s in image_shape],  # (H, W, C)
         "num_classes": int(model.head.out_features),
         "accuracy": float(accuracy),
-    }
-    with atomic_path(path, ".pt") as tmp:
-        torch.save(ckpt, tmp)
+    })
 
 
 def load_featurenet(path: str | os.PathLike[str],
                     device: torch.device | str = "cpu") -> tuple[FeatureNet, dict[str, Any]]:
     """Load a FeatureNet checkpoint in eval mode; returns (model, checkpoint metadata)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: not found; run the featurenet stage (dvc repro featurenet)")
+    ckpt = load_state(path, FORMAT, "FeatureNet checkpoint",
+                      hint="run the featurenet stage: dvc repro featurenet")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         h, w, c = ckpt["image_shape"]
         model = FeatureNet(c, ckpt["num_classes"], int(ckpt["config"]["width"]), h)
         model.load_state_dict(ckpt["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError, EOFError, OSError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = (f"no {exc} entry" if isinstance(exc, KeyError)
+                 else str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise UserError(f"{path}: not a FeatureNet checkpoint ({first})") from None
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
     return model.to(device).eval(), meta
@@ -96,7 +94,7 @@ def accuracy(model: FeatureNet, images: np.ndarray, labels: np.ndarray,
     model.eval()
     correct = 0
     for i in range(0, len(images), batch_size):
-        x = to_input(torch.from_numpy(images[i : i + batch_size]).to(device))
+        x = to_unit_range(images[i : i + batch_size], device)
         pred = model(x).argmax(1).cpu().numpy()
         correct += int((pred == labels[i : i + batch_size]).sum())
     return correct / max(len(images), 1)
@@ -130,7 +128,7 @@ def train_featurenet(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray
         batches = range(0, len(order), batch_size)
         for i in tqdm(batches, desc=f"featurenet epoch {epoch}", leave=False, mininterval=2):
             idx = order[i : i + batch_size]
-            x, y = to_input(x_all[idx].to(device)), y_all[idx].to(device)
+            x, y = to_unit_range(x_all[idx], device), y_all[idx].to(device)
             loss = nn.functional.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

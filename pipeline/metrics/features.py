@@ -1,7 +1,9 @@
 """Feature extractors for the metrics: the domain FeatureNet and Inception-v3, one interface.
 
 An `Extractor` maps uint8 NHWC image batches to (B, D) float features; its `identity` (the
-FeatureNet file's sha256 or the Inception sha1) goes into the real-feature cache key.
+FeatureNet file's sha256 or the Inception sha1, the device and the torch version: see
+`cache.feature_source`) goes into the real-feature cache key. On CUDA, building an extractor
+turns TF32 off (`pipeline.device.exact_fp32`): GPU features then match CPU features closely.
 
     ex = domain_extractor("models/featurenet.pt", device)   # or inception_extractor(device)
     feats = extract(images, ex, batch_size=500)              # (N, D) float32 numpy
@@ -16,14 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.device import exact_fp32
 from pipeline.errors import UserError
 from pipeline.io import sha256_file
+from pipeline.metrics.cache import feature_source
 
 
 @dataclass(frozen=True)
 class Extractor:
     space: str  # "domain" | "inception": the metric-name component
-    identity: str  # what produced the features (file sha256 / sha1), for cache keys
+    identity: str  # what produced the features (weights, device, torch), for cache keys
     forward: Callable[[torch.Tensor], torch.Tensor]  # uint8 (B, H, W, C) on device -> (B, D)
     device: torch.device
     image_shape: tuple[int, int, int] | None = None  # required input (H, W, C); None = any
@@ -32,12 +36,15 @@ class Extractor:
 def domain_extractor(featurenet_path: str | os.PathLike[str],
                      device: torch.device | str = "cpu") -> Extractor:
     """FeatureNet penultimate-layer features (4 * width dims)."""
-    from pipeline.metrics.featurenet import load_featurenet, to_input
+    from pipeline.imaging import to_unit_range
+    from pipeline.metrics.featurenet import load_featurenet
 
     device = torch.device(device)
+    exact_fp32(device)
     model, meta = load_featurenet(featurenet_path, device)
-    return Extractor("domain", "featurenet:" + sha256_file(featurenet_path),
-                     lambda x: model.features(to_input(x)), device,
+    return Extractor("domain", feature_source("featurenet:" + sha256_file(featurenet_path),
+                                              device),
+                     lambda x: model.features(to_unit_range(x)), device,
                      tuple(meta["image_shape"]))
 
 
@@ -46,8 +53,9 @@ def inception_extractor(device: torch.device | str = "cpu") -> Extractor:
     from pipeline.metrics.inception import INCEPTION_SHA1, load_inception, preprocess
 
     device = torch.device(device)
+    exact_fp32(device)
     model = load_inception(device)
-    return Extractor("inception", "inception:" + INCEPTION_SHA1.lower(),
+    return Extractor("inception", feature_source("inception:" + INCEPTION_SHA1.lower(), device),
                      lambda x: model(preprocess(x)), device)
 
 

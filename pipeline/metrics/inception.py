@@ -28,7 +28,6 @@ from pipeline.errors import UserError
 INCEPTION_SHA1 = "A16E4D89C0ECBC17A915DD76EA9E41211AA82562"
 INCEPTION_FILE = "default_1.pt"
 INCEPTION_SIZE = 299
-INCEPTION_DIM = 2048
 
 
 def inception_path() -> Path:

@@ -12,14 +12,13 @@ Other stages load a model with `load_generator(path)` / `load_discriminator(path
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from pipeline.checkpoints import load_state, save_state
 from pipeline.errors import UserError
-from pipeline.io import atomic_path
 from pipeline.models.dcgan import Discriminator, Generator, build_models
 
 FORMAT = "gan-forensics/dcgan-v1"
@@ -48,23 +47,13 @@ def make_checkpoint(*, model_config: dict, image_shape: tuple[int, int, int], nu
 
 
 def save_checkpoint(path: str | os.PathLike[str], ckpt: dict[str, Any]) -> None:
-    """`torch.save` to a temp file beside `path`, then rename (never a partial checkpoint)."""
-    with atomic_path(path, ".pt") as tmp:
-        torch.save(ckpt, tmp)
+    """Write atomically, every tensor on the CPU (`pipeline.checkpoints.save_state`)."""
+    save_state(path, ckpt)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint dict with `weights_only=True`; a bad file is a one-line `UserError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found (run the train stage)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path}: not a {FORMAT} checkpoint")
-    return ckpt
+    """Load a checkpoint dict weights-only; a bad file is a one-line `UserError`."""
+    return load_state(path, FORMAT, "checkpoint", hint="run the train stage")
 
 
 def _load(path: str | os.PathLike[str], key: str,

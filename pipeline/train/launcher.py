@@ -267,10 +267,10 @@ def train(params: Params, data: str | Path, models_dir: Path, metrics_dir: Path,
         tracker = _open_tracker(params, name, storage, arrays, str(data), address, workers)
         print(f"training run {name} ({workers} workers); MLflow: "
               f"{run_url(tracker.uri, tracker.experiment_id, tracker.run_id)}", flush=True)
-        status, failed = "FAILED", True
         error_file = f"{storage}/{name}.error.txt"
         remove(error_file)  # a previous attempt's
-        try:
+        # Closed FINISHED, or FAILED/KILLED on an error (Ctrl-C, SIGTERM): never left RUNNING.
+        with tracker.closing():
             result = _fit(params, name, storage, arrays, tracker, workers, fault,
                           "ERROR" if address == "local" else "WARNING")
             if result.error is not None:
@@ -293,16 +293,6 @@ def train(params: Params, data: str | Path, models_dir: Path, metrics_dir: Path,
                                    model_version=version)
             tracker.log_artifact(metrics_dir / "train_loss.png", "plots")
             tracker.log_metrics({"train/total_seconds": summary["total_seconds"]})
-            status, failed = "FINISHED", False
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            try:
-                tracker.close(status)
-            except UserError:
-                if not failed:  # otherwise the training error is the one to show
-                    raise
     print(f"trained {last['epoch']} epochs in {summary['total_seconds']:.0f} s: loss_d="
           f"{last['loss_d']:.3f} loss_g={last['loss_g']:.3f} "
           f"{summary['mean_images_per_s']:.0f} img/s", flush=True)
