@@ -39,6 +39,8 @@ def _cmd_fid(args: argparse.Namespace) -> None:
         print(json.dumps(result))
     else:
         for key, value in result.items():
+            if key == "kid_std" and value is None:  # one subset, the whole set: no spread
+                value = f"n/a (n={result['n']} <= the KID subset size)"
             print(f"{key:>16}  {value:.4f}" if isinstance(value, float) else f"{key:>16}  {value}")
 
 
@@ -102,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fid = sub.add_parser("fid", help="FID and KID between two image sets (.npz or folders)")
-    fid.add_argument("a", help=".npz with `images` (uint8 NHWC) or a folder of PNG/JPEG")
+    fid.add_argument("a", help=".npz with `images` (uint8 NHWC) or a folder of images "
+                     "(PNG, JPEG, WebP, BMP, TIFF, ...)")
     fid.add_argument("b", help="the second set, same form")
     fid.add_argument("--features", choices=["domain", "inception"], default="domain",
                      help="domain = the featurenet stage's CNN; inception = TF-Inception-v3")

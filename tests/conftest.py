@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,71 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     d = load_digits()
     small = np.round(d.images * 255 / 16).astype(np.uint8)
     return small.repeat(2, axis=1).repeat(2, axis=2), d.target.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class DigitsGAN:
+    """A DCGAN briefly trained on sklearn digits at 28 px (the pipeline's own digits loader)."""
+
+    images: np.ndarray  # all 1797 digits, uint8 (N, 28, 28, 1)
+    labels: np.ndarray  # int64 (N,)
+    train_rows: slice  # the rows G and D trained on; the others are held-out reals
+    generator: Path  # generator.pt after training (the train stage's out format)
+    discriminator: Path  # discriminator.pt after training
+    initial: Path  # generator.pt of the same G before its first step: an untrained G
+
+    def fakes(self, n: int, seed: int, trained: bool = True) -> np.ndarray:
+        """uint8 (n, 28, 28, 1) samples, as the generate stage draws them."""
+        from pipeline.generate import sample
+        from pipeline.models import load_generator
+
+        G, meta = load_generator(self.generator if trained else self.initial)
+        return sample(G, meta, n, seed)[0]
+
+
+@pytest.fixture(scope="session")
+def digits_gan(tmp_path_factory) -> DigitsGAN:
+    """Real GAN fakes for the quality guard and the detector tests: the worker loop in-process
+    (LocalHooks, no Ray), 6 epochs x 40 steps of 32 images on 1300 digits, ~3-5 s.
+
+    Its quality, over seeds 0-3: see tests/test_quality_guard.py (domain FID 22-38 vs 365
+    untrained, recall 0.44-0.57 vs 0). G's lr is twice D's: at equal rates (1e-3) D won outright
+    on 1 seed of 4 and G stayed at its init. One thread: two OpenMP threads on this shared
+    2-core machine ran the same steps 3-40x slower.
+    """
+    import torch
+
+    from pipeline.config import ModelConfig, TrainConfig
+    from pipeline.data.images import load_digits_dataset
+    from pipeline.models import build_models, load_checkpoint, make_checkpoint, save_checkpoint
+    from pipeline.train.loop import LocalHooks, WorkerConfig, train_worker
+
+    root = tmp_path_factory.mktemp("digits_gan")
+    images, labels, names = load_digits_dataset(28)
+    rows = slice(400, 1700)
+    model = ModelConfig(latent_dim=16, g_features=16, d_features=16)
+    cfg = WorkerConfig(model=model, train=TrainConfig(
+        epochs=6, batch_size=32, lr_g=1e-3, lr_d=5e-4, grid_size=16), seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_worker(cfg, images[rows], labels[rows], names, LocalHooks(root / "ckpt"))
+    finally:
+        torch.set_num_threads(threads)
+    last = max((load_checkpoint(p) for p in (root / "ckpt").rglob("*.pt")),
+               key=lambda c: c["epoch"])  # the last epoch's checkpoint
+    assert last["epoch"] == cfg.train.epochs
+    meta = {k: last[k] for k in ("model_config", "image_shape", "num_classes", "class_names",
+                                 "epoch", "step")}
+    torch.manual_seed(cfg.seed)  # as the loop initialises G
+    initial, _ = build_models(model.model_dump(), (1, 28, 28), len(names))
+    paths = {name: root / f"{name}.pt" for name in ("generator", "discriminator", "initial")}
+    save_checkpoint(paths["generator"], make_checkpoint(**meta, generator=last["generator"]))
+    save_checkpoint(paths["discriminator"], make_checkpoint(
+        **meta, discriminator=last["discriminator"]))
+    save_checkpoint(paths["initial"], make_checkpoint(**{**meta, "epoch": 0, "step": 0},
+                                                      generator=initial))
+    return DigitsGAN(images, labels, rows, **paths)
 
 
 RawMaker = Callable[..., Path]

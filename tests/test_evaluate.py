@@ -116,6 +116,31 @@ def test_real_fakes_score_like_the_floor_and_noise_does_not(prepared, tmp_path, 
     assert bad["kid_domain_150_mean"] > 3 * abs(good["kid_domain_150_mean"])
 
 
+def test_kid_std_is_null_when_the_subset_is_the_whole_set(prepared, tmp_path, digits,
+                                                          capsys):
+    from pipeline.cli import main
+    from pipeline.io import save_npz, write_json
+    from pipeline.metrics.report import summary_table
+
+    save_npz(tmp_path / "fake.npz", images=digits[0][1400:, :, :, None])
+    whole = CFG.model_copy(update={"kid_subset_size": 1000})  # capped at N=150: one subset
+    out = evaluate_quality(prepared, tmp_path / "fake.npz", prepared / "featurenet.pt", whole,
+                           0, None)
+    assert out["kid_domain_150_subset_size"] == N
+    assert out["kid_domain_150_std"] is None and out["kid_domain_floor_150_std"] is None
+    assert np.isfinite(out["kid_domain_150_mean"]) and np.isfinite(out["kid_domain_floor_150_mean"])
+    write_json(tmp_path / "q.json", out)
+    assert '"kid_domain_150_std": null' in (tmp_path / "q.json").read_text()
+    assert "kid_domain_150_mean" in summary_table(out)
+    # The CLI says why there is no std, in text; JSON carries null.
+    main(["fid", str(tmp_path / "fake.npz"), str(prepared / "test.npz"), "--n", "100",
+          "--featurenet", str(prepared / "featurenet.pt")])
+    assert "kid_std  n/a (n=100 <= the KID subset size)" in capsys.readouterr().out
+    main(["fid", str(tmp_path / "fake.npz"), str(prepared / "test.npz"), "--n", "100",
+          "--featurenet", str(prepared / "featurenet.pt"), "--json"])
+    assert json.loads(capsys.readouterr().out)["kid_std"] is None
+
+
 def test_input_errors_name_the_file(prepared, tmp_path, digits):
     from pipeline.io import save_npz
 
@@ -139,6 +164,7 @@ def test_compute_fid_for_the_cli(prepared, digits):
     out = compute_fid(a, b, "domain", n=100, featurenet_path=prepared / "featurenet.pt",
                       device="cpu")
     assert out["name"] == "fid_domain_100" and out["n"] == 100 and out["fid"] >= 0
+    assert out["kid_std"] is None  # n=100 <= 1000: the one KID subset is the whole set
     assert compute_fid(a, a, featurenet_path=prepared / "featurenet.pt", device="cpu")[
         "fid"] == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(UserError, match="fewer than n=300"):
@@ -188,7 +214,8 @@ def test_evaluate_stage_logs_to_the_models_mlflow_run(prepared, tmp_path, run_st
     tracker.write_run_file(tmp_path / "run.json")
     tracker.close()
     save_npz(tmp_path / "eval.npz", images=digits[0][1400:, :, :, None])
-    params = {"seed": 0, "data": {"dataset": "digits"}, "evaluate": CFG.model_dump(),
+    whole = CFG.model_copy(update={"kid_subset_size": N})  # one KID subset: std is null
+    params = {"seed": 0, "data": {"dataset": "digits"}, "evaluate": whole.model_dump(),
               "mlflow": {"tracking_uri": cfg.tracking_uri, "experiment": "t"}}
     done = run_stage("evaluate", "--real", prepared, "--fake", "eval.npz", "--featurenet",
                      prepared / "featurenet.pt", "--run", "run.json", "--metrics", "q.json",
@@ -199,6 +226,8 @@ def test_evaluate_stage_logs_to_the_models_mlflow_run(prepared, tmp_path, run_st
     metrics = client.get_run(tracker.run_id).data.metrics
     quality = json.loads((tmp_path / "q.json").read_text())
     assert metrics["quality/fid_domain_150"] == pytest.approx(quality["fid_domain_150"])
+    assert quality["kid_domain_150_std"] is None and "quality/kid_domain_150_std" not in metrics
+    assert metrics["quality/kid_domain_150_mean"] == pytest.approx(quality["kid_domain_150_mean"])
     names = {a.path for a in client.list_artifacts(tracker.run_id, "evaluate")}
     assert names == {"evaluate/q.json", "evaluate/quality.png"}
 

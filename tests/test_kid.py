@@ -30,13 +30,22 @@ def test_mmd2_matches_direct_computation():
     assert mmd2_unbiased(x, y) == pytest.approx(direct_mmd2(x, y), rel=1e-12)
 
 
-def test_kid_with_full_subsets_equals_direct_mmd2_and_has_zero_std():
-    # subset_size = n draws a permutation of each set; MMD^2 does not depend on the order.
+def test_kid_with_full_subsets_equals_direct_mmd2_and_has_no_std():
+    # subset_size = n: every subset is the whole set, one value, so no spread to report (None,
+    # not the ~1e-16 of round-off that permuted sums used to give).
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(9, 4)), rng.normal(size=(9, 4)) * 2
     mean, std = kid(a, b, subsets=5, subset_size=9, seed=3)
     assert mean == pytest.approx(direct_mmd2(a, b), rel=1e-10)
-    assert std == pytest.approx(0.0, abs=1e-12)
+    assert std is None
+
+
+def test_kid_std_exists_when_one_set_is_larger_than_the_subset():
+    # a is used whole, b is subsampled: the subsets of b still differ, so the std is real.
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(9, 4)), rng.normal(size=(30, 4))
+    mean, std = kid(a, b, subsets=5, subset_size=9, seed=3)
+    assert isinstance(std, float) and std > 1e-6 and np.isfinite(mean)
 
 
 def test_kid_subsets_are_seeded_and_separate_distributions():

@@ -10,8 +10,11 @@ Protocol (what `metrics/detector.json` means):
   are drawn without replacement;
 - the same test images score all three detectors: our CNN (`detector_*`), the GAN's
   discriminator (`discriminator_*`) and the spectrum baseline (`spectrum_*`);
-- robustness (`*_auc_jpeg75`, `*_auc_blur1.0`): real and fake test images go through the same
-  transform; `detector_auc_<t>_fakes_only` perturbs only the fakes, for comparison.
+- robustness (`*_auc_jpeg75`, `*_auc_blur1.0`): the real AND the fake test images go through
+  the same transform (`robustness.py`), and all three detectors score them; only
+  `detector_auc_<t>_fakes_only` perturbs the fakes alone (clean reals), for comparison;
+- `device`: where the detector trained and scored (`cpu` / `cuda`); on CUDA without TF32, so
+  the numbers stay close to a CPU run's.
 """
 
 from __future__ import annotations
@@ -23,18 +26,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from pipeline.config import DetectConfig
 from pipeline.data.arrays import load_split
 from pipeline.detect.baselines import SpectrumDetector, discriminator_scores
 from pipeline.detect.model import Detector, predict, save_detector
 from pipeline.detect.robustness import perturbations
-from pipeline.detect.scores import downsample_roc, roc_curve, summarize
+from pipeline.detect.scores import check_scores, downsample_roc, summarize
 from pipeline.detect.train import train_detector
+from pipeline.device import exact_fp32
 from pipeline.errors import UserError
 from pipeline.io import atomic_dir, write_json, write_text
-
-DETECTORS = ("detector", "discriminator", "spectrum")
 
 
 @dataclass
@@ -131,13 +134,15 @@ def _discriminator(path: str | os.PathLike[str], data: DetectData, device: torch
 
 
 def _auc(real: np.ndarray, fake: np.ndarray, where: str) -> float:
-    labels = np.r_[np.zeros(len(real)), np.ones(len(fake))]
-    return summarize(labels, np.r_[real, fake], where, threshold=None)["auc"]
+    labels, scores = check_scores(np.r_[np.zeros(len(real)), np.ones(len(fake))],
+                                  np.r_[real, fake], where)
+    return float(roc_auc_score(labels, scores))
 
 
 def run_detect(data: DetectData, discriminator_path: str | os.PathLike[str], cfg: DetectConfig,
                seed: int, device: torch.device, log: bool = True) -> DetectResult:
     """Train the detector, score it and both baselines on the test sets, perturbed and not."""
+    exact_fp32(device)
     D, conditional = _discriminator(discriminator_path, data, device)  # validate before training
     model = train_detector(data.real_train, data.fake_train, cfg, seed, device, log=log)
     spectrum = SpectrumDetector(seed).fit(data.real_train, data.fake_train)
@@ -161,8 +166,9 @@ def run_detect(data: DetectData, discriminator_path: str | os.PathLike[str], cfg
         scores = np.r_[real_s, fake_s]
         metrics.update({f"{name}_{k}": v for k, v in
                         summarize(labels, scores, f"{name} scores").items()})
-        fpr, tpr, _ = roc_curve(labels, scores)
+        fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)  # downsampled later
         curves[name] = (fpr, tpr)
+    # Real and fake alike: a platform recompresses every upload, not only the forgeries.
     for tag, transform in perturbations(cfg.jpeg_quality, cfg.blur_sigma).items():
         perturbed = score_all(transform(data.real_test), transform(data.fake_test))
         for name, (real_s, fake_s) in perturbed.items():
@@ -171,7 +177,8 @@ def run_detect(data: DetectData, discriminator_path: str | os.PathLike[str], cfg
             clean["detector"][0], perturbed["detector"][1], f"detector scores ({tag})")
     metrics = {k: round(float(v), 6) for k, v in metrics.items()}
     metrics.update(n_train_real=len(data.real_train), n_train_fake=len(data.fake_train),
-                   n_test_real=len(data.real_test), n_test_fake=len(data.fake_test))
+                   n_test_real=len(data.real_test), n_test_fake=len(data.fake_test),
+                   device=device.type)
     h, w, c = data.real_test.shape[1:]
     return DetectResult(model, metrics, curves, (c, h, w))
 

@@ -1,11 +1,11 @@
 """Detection scores from labels (1 = fake, 0 = real) and scores (higher = more likely fake).
 
     from pipeline.detect.scores import summarize
-    summarize(labels, p_fake)  # {"auc", "accuracy", "eer", "tpr_at_1fpr"}
+    summarize(labels, p_fake)  # {"auc", "ap", "eer", "tpr_at_1fpr", "accuracy"}
 
-Small numpy functions, tested against `sklearn.metrics` and closed-form cases:
-- ROC curve and its area (Fawcett 2006, "An introduction to ROC analysis", Pattern Recognition
-  Letters 27): one point per distinct threshold, ties handled as one step (AUC counts them 1/2).
+The ROC curve, its area and average precision come from `sklearn.metrics` (`roc_curve` with
+`drop_intermediate=False`: one point per distinct threshold, ties as one step). Here are only
+what sklearn lacks, tested against closed-form cases:
 - EER, the error rate where false-positive rate = false-negative rate, interpolated linearly
   between ROC points (the biometrics / deepfake-detection convention).
 - TPR at 1 % FPR: the best true-positive rate among operating points whose FPR is <= 1 %, no
@@ -15,6 +15,7 @@ Small numpy functions, tested against `sklearn.metrics` and closed-form cases:
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score, roc_curve
 
 from pipeline.errors import UserError
 
@@ -34,35 +35,9 @@ def check_scores(labels: np.ndarray, scores: np.ndarray, where: str = "scores"
     return labels.astype(np.int64), scores
 
 
-def roc_curve(labels: np.ndarray, scores: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds), thresholds decreasing, starting at (0, 0) with threshold +inf.
-    Point i classifies `score >= thresholds[i]` as fake (sklearn's `drop_intermediate=False`)."""
-    labels, scores = check_scores(labels, scores)
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
-    # The last index of each run of equal scores: tied samples move together.
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tps = np.cumsum(y)[last]
-    fps = (last + 1) - tps
-    tpr = np.r_[0.0, tps / y.sum()]
-    fpr = np.r_[0.0, fps / (len(y) - y.sum())]
-    return fpr, tpr, np.r_[np.inf, s[last]]
-
-
-def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    """Area under a ROC curve by the trapezoid rule (exact for the step curve with ties)."""
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC = P(score of a random fake > score of a random real) + P(tie) / 2."""
-    fpr, tpr, _ = roc_curve(labels, scores)
-    return auc(fpr, tpr)
-
-
 def eer(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    """Equal error rate: where FPR = FNR (= 1 - TPR), interpolated on the segment that crosses."""
+    """Equal error rate: where FPR = FNR (= 1 - TPR), interpolated on the segment that crosses.
+    `fpr`, `tpr`: a whole ROC curve from (0, 0) to (1, 1), as `sklearn.metrics.roc_curve`."""
     diff = (1 - tpr) - fpr  # FNR - FPR: starts at 1 (threshold +inf), ends at -1
     i = int(np.flatnonzero(diff <= 0)[0])  # the first point where FPR >= FNR
     if i == 0 or diff[i] == 0:
@@ -77,20 +52,17 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float = 0.01) -> float
     return float(tpr[fpr <= max_fpr + 1e-12].max())
 
 
-def accuracy(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> float:
-    """Share classified right when `score >= threshold` means fake."""
-    labels, scores = check_scores(labels, scores)
-    return float(np.mean((scores >= threshold) == (labels == 1)))
-
-
 def summarize(labels: np.ndarray, scores: np.ndarray, where: str = "scores",
               threshold: float | None = 0.5) -> dict[str, float]:
-    """auc, eer, tpr_at_1fpr (and accuracy at `threshold` when scores are probabilities)."""
+    """auc, ap (average precision, fakes as positives), eer, tpr_at_1fpr, and accuracy at
+    `threshold` (score >= threshold is fake) when scores are probabilities."""
     labels, scores = check_scores(labels, scores, where)
-    fpr, tpr, _ = roc_curve(labels, scores)
-    out = {"auc": auc(fpr, tpr), "eer": eer(fpr, tpr), "tpr_at_1fpr": tpr_at_fpr(fpr, tpr)}
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    out = {"auc": float(roc_auc_score(labels, scores)),
+           "ap": float(average_precision_score(labels, scores)),
+           "eer": eer(fpr, tpr), "tpr_at_1fpr": tpr_at_fpr(fpr, tpr)}
     if threshold is not None:
-        out["accuracy"] = accuracy(labels, scores, threshold)
+        out["accuracy"] = float(accuracy_score(labels, (scores >= threshold).astype(np.int64)))
     return out
 
 

@@ -74,8 +74,9 @@ def space_metrics(ex: Extractor, reference: np.ndarray, floor: np.ndarray, fake:
                   opts: MetricOptions, batch_size: int, ref_key: str | None = None,
                   floor_key: str | None = None,
                   cache_dir: str | os.PathLike[str] | None = DEFAULT_DIR,
-                  fake_where: str = "fake") -> dict[str, float]:
-    """All registered metrics of fake vs reference and of floor vs reference (same N)."""
+                  fake_where: str = "fake") -> dict[str, float | None]:
+    """All registered metrics of fake vs reference and of floor vs reference (same N); KID's
+    std is None when the subset size reaches N (one subset: the whole set)."""
     n = len(reference)
 
     def real(images: np.ndarray, key: str | None, desc: str) -> np.ndarray:
@@ -85,7 +86,7 @@ def space_metrics(ex: Extractor, reference: np.ndarray, floor: np.ndarray, fake:
     ref_f = real(reference, ref_key, f"{ex.space} real reference")
     floor_f = real(floor, floor_key, f"{ex.space} real floor")
     fake_f = extract(fake, ex, batch_size, f"{ex.space} fake", where=fake_where)
-    out: dict[str, float] = {f"n_{ex.space}": n}
+    out: dict[str, float | None] = {f"n_{ex.space}": n}
     for fn in METRICS.values():
         for is_floor, other in ((False, fake_f), (True, floor_f)):
             for name, value in fn(ref_f, other, opts).items():
@@ -139,7 +140,7 @@ def compute_fid(a_images: np.ndarray, b_images: np.ndarray, features: str = "dom
 
     Uses n images of each (first n of a seeded permutation; None = the smaller set's size).
     Returns {"name": "fid_domain_10k", "fid", "kid_mean", "kid_std" (100 subsets of
-    min(1000, n)), "n", "features"}.
+    min(1000, n); None when n <= 1000: the one subset is the whole set), "n", "features"}.
     """
     from pipeline.metrics.frechet import fid_from_features
     from pipeline.metrics.kid import kid

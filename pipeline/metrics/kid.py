@@ -7,6 +7,8 @@ k(x, y) = (x·y / d + 1)^3, and for two subsets X, Y of size m
               - 2 sum_{i,j} k(x_i, y_j) / m^2
 
 reported as mean ± std over `subsets` random subset pairs (drawn without replacement, seeded).
+When both sets are no larger than the subset size, every "subset" is the whole set: there is
+one value, no spread to report, so the std is None (not the 1e-16 of float round-off).
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
+        seed: int = 0) -> tuple[float, float | None]:
     """(mean, std) of unbiased MMD^2 over `subsets` random subset pairs of `subset_size`.
 
+    std is None when `subset_size` equals both set sizes (one possible value: the whole sets).
     Raises ValueError when either set is smaller than `subset_size` (callers pick the size).
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -44,6 +47,8 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 100
         raise ValueError(f"feature dims differ: {a.shape} vs {b.shape}")
     if subset_size < 2 or subset_size > min(len(a), len(b)):
         raise ValueError(f"subset_size {subset_size} must be in [2, {min(len(a), len(b))}]")
+    if subset_size == len(a) == len(b):  # MMD^2 does not depend on the order: no subsets
+        return mmd2_unbiased(a, b), None
     rng = np.random.default_rng(seed)
     draws = [(rng.choice(len(a), subset_size, replace=False),
               rng.choice(len(b), subset_size, replace=False)) for _ in range(subsets)]

@@ -3,7 +3,9 @@
 A name is `<kind>_<space>_<N>`: kind in the registry (`fid`, `kid`, `pr`; `precision` and
 `recall` are read as `pr`), space `domain` (FeatureNet) or `inception`, N like `200`, `2k`,
 `10k`. Each metric is a function of (real features, fake features, options) returning named
-values; `metric_key` builds the flat keys of metrics/quality.json from them.
+values; `metric_key` builds the flat keys of metrics/quality.json from them. A value may be
+None when it does not exist at that N (KID's std when the subset is the whole set): JSON null,
+not logged to MLflow.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ ALIASES = {"precision": "pr", "recall": "pr"}
 @dataclass(frozen=True)
 class MetricOptions:
     kid_subsets: int = 100
-    kid_subset_size: int = 1000  # capped at N (as stylegan2-ada does); reported in the results
+    kid_subset_size: int = 1000  # capped at N (as stylegan2-ada does); reported in the results;
+    # at the cap every subset is the whole set, so KID's std is None
     pr_k: int = 3
     seed: int = 0
     batch_size: int = 1000  # rows per cdist block
 
 
-MetricFn = Callable[[np.ndarray, np.ndarray, MetricOptions], dict[str, float]]
+MetricFn = Callable[[np.ndarray, np.ndarray, MetricOptions], dict[str, float | None]]
 METRICS: dict[str, MetricFn] = {}
 
 
@@ -45,19 +48,19 @@ def register_metric(kind: str) -> Callable[[MetricFn], MetricFn]:
 
 
 @register_metric("fid")
-def _fid(real: np.ndarray, fake: np.ndarray, opts: MetricOptions) -> dict[str, float]:
+def _fid(real: np.ndarray, fake: np.ndarray, opts: MetricOptions) -> dict[str, float | None]:
     return {"fid": fid_from_features(real, fake)}
 
 
 @register_metric("kid")
-def _kid(real: np.ndarray, fake: np.ndarray, opts: MetricOptions) -> dict[str, float]:
+def _kid(real: np.ndarray, fake: np.ndarray, opts: MetricOptions) -> dict[str, float | None]:
     size = min(opts.kid_subset_size, len(real), len(fake))
     mean, std = kid(real, fake, opts.kid_subsets, size, opts.seed)
     return {"kid_mean": mean, "kid_std": std}
 
 
 @register_metric("pr")
-def _pr(real: np.ndarray, fake: np.ndarray, opts: MetricOptions) -> dict[str, float]:
+def _pr(real: np.ndarray, fake: np.ndarray, opts: MetricOptions) -> dict[str, float | None]:
     precision, recall = precision_recall(real, fake, opts.pr_k, opts.batch_size)
     return {"precision": precision, "recall": recall}
 
