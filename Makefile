@@ -5,7 +5,16 @@
 VENV     ?= .venv
 PYTHON   ?= python3
 PY       := $(VENV)/bin/python
-STAMP    := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
+# Which torch build (see the header of requirements.lock). cpu: torch==<lock version>+cpu from
+# pip's configured sources when they have it (this machine: /opt/wheels), else from PyTorch's
+# CPU index. cuda: PyPI's CUDA 13.0 build with requirements-cuda.lock (NVIDIA driver >= 580).
+# The venv remembers its choice, so a later `make test` does not swap the build back.
+TORCH    ?= $(or $(shell cat $(VENV)/.torch 2>/dev/null),cpu)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' requirements.lock)
+LOCKS    := requirements.lock $(if $(filter cuda,$(TORCH)),requirements-cuda.lock)
+$(if $(filter cpu cuda,$(TORCH)),,$(error TORCH must be cpu or cuda, got '$(TORCH)'))
+STAMP    := $(VENV)/.installed-$(TORCH)-$(shell cat $(LOCKS) pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 NETNS    ?= 0
 PYTEST_ARGS ?=
 UI_PORT  ?= 5000
@@ -19,16 +28,23 @@ ENV_RUN   = env PATH="$(abspath $(VENV))/bin:$$PATH" PYTHONUNBUFFERED=1
 
 .PHONY: help setup data run browser test test-fast lint submit ui
 help:
+	@echo "make setup [TORCH=cuda] create .venv from the locks: CPU torch, or TORCH=cuda for the CUDA 13.0"
+	@echo "                     build (NVIDIA driver >= 580); the venv remembers the choice"
 	@echo "make run [NETNS=1]   set up and run the whole pipeline (dvc repro)"
 	@echo "make test            set up and run the tests (inside a network namespace when possible)"
 	@echo "make ui              serve the MLflow UI for this repo's runs on 127.0.0.1:$(UI_PORT)"
 	@echo "make submit          send the train stage to a Ray cluster (RAY_ADDRESS=http://head:8265)"
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): $(LOCKS) pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.lock
+ifeq ($(TORCH),cpu)
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
+	  $(PY) -m pip install --disable-pip-version-check -q --no-deps "torch==$(TORCH_VERSION)+cpu" \
+	    --index-url $(TORCH_CPU_INDEX)
+endif
+	$(PY) -m pip install --disable-pip-version-check -q $(addprefix -r ,$(LOCKS))
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
-	@rm -f $(VENV)/.installed-*; touch $@
+	@rm -f $(VENV)/.installed-*; echo $(TORCH) > $(VENV)/.torch; touch $@
 
 setup: $(STAMP)
 
