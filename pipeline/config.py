@@ -59,6 +59,8 @@ class ModelConfig(Section):
     d_features: int = Field(64, gt=0)  # discriminator width (channels of its first layer)
     conditional: bool = False  # class-conditional G and D (label embedding)
     embed_dim: int = Field(16, gt=0)  # label embedding size when conditional
+    g_upsample: Literal["deconv", "resize"] = "deconv"  # G's x2 steps: transposed conv | NN+conv
+    d_norm: Literal["batch", "spectral", "none"] = "batch"  # D's normalisation
 
 
 class TrainConfig(Section):
@@ -72,7 +74,15 @@ class TrainConfig(Section):
     max_steps_per_epoch: int | None = Field(None, gt=0)
     grid_size: int = Field(64, gt=0)  # images in the fixed-noise sample grid, per epoch
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast (GPU profile)
-    channels_last: bool = False  # memory format for conv layers (GPU profile)
+    channels_last: bool = False  # memory format for conv layers
+    loss: Literal["ns", "hinge"] = "ns"  # non-saturating BCE (Goodfellow 2014) | hinge
+    r1_gamma: float = Field(0.0, ge=0)  # R1 penalty weight on real images (0 = off)
+    # DiffAugment (Zhao et al. 2020): the same differentiable augmentations of real and fake
+    # images before every D forward; any of color, translation, cutout ([] = off).
+    diffaugment: list[Literal["color", "translation", "cutout"]] = []
+    # Exponential moving average of G's weights (Yazici et al. 2019); 0 = off. When on, the
+    # EMA generator (BatchNorm statistics recomputed) is the one exported, sampled, evaluated.
+    ema_decay: float = Field(0.0, ge=0, lt=1)
 
 
 class RayConfig(Section):
@@ -143,8 +153,9 @@ class DetectConfig(Section):
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1e-3, gt=0)
     width: int = Field(32, gt=0)
-    jpeg_quality: int = Field(75, ge=1, le=95)  # robustness check: fakes re-encoded as JPEG
-    blur_sigma: float = Field(1.0, gt=0)  # robustness check: Gaussian blur of the fakes
+    # Robustness: the real and fake test images alike, JPEG re-encoded / Gaussian-blurred.
+    jpeg_quality: int = Field(75, ge=1, le=95)
+    blur_sigma: float = Field(1.0, gt=0)  # in pixels
 
 
 class MlflowConfig(Section):

@@ -5,6 +5,12 @@ output in [-1, 1]; strided-conv discriminator with LeakyReLU(0.2) and BatchNorm 
 layer. The discriminator returns LOGITS (train it with `BCEWithLogitsLoss`). Conditional mode:
 G sees `[z, embed(y)]`; D sees the image plus one extra channel, a learned per-class plane.
 
+Two variants, chosen by `model.*` params:
+- `g_upsample: resize`: each x2 step is nearest-neighbour upsampling + 3x3 conv instead of a
+  4x4 stride-2 transposed conv (Odena et al. 2016, "Deconvolution and checkerboard artifacts");
+- `d_norm: spectral`: spectral normalisation of every D layer instead of BatchNorm (Miyato et
+  al. 2018, ICLR), or `none`: no normalisation in D (WGAN-GP critics, DP-SGD).
+
     G = Generator(latent_dim=100, features=64, channels=1, image_size=28)
     img = G(torch.randn(16, 100))                      # (16, 1, 28, 28) in [-1, 1]
 """
@@ -30,7 +36,10 @@ def _plan(image_size: int) -> tuple[int, int]:
 def weights_init(module: nn.Module) -> None:
     """DCGAN init: conv weights ~ N(0, 0.02); BatchNorm weights ~ N(1, 0.02), biases 0."""
     if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
-        nn.init.normal_(module.weight, 0.0, 0.02)
+        # A spectral-normalised conv computes `weight`: initialise the parameter behind it.
+        weight = (module.parametrizations.weight.original
+                  if nn.utils.parametrize.is_parametrized(module, "weight") else module.weight)
+        nn.init.normal_(weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.BatchNorm2d):
@@ -38,13 +47,23 @@ def weights_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def _up_deconv(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)]  # side x2
+
+
+def _up_resize(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Upsample(scale_factor=2, mode="nearest"),  # side x2, no checkerboard
+            nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)]
+
+
 class Generator(nn.Module):
     """z (B, latent_dim) [+ labels (B,)] -> images (B, C, H, W) in [-1, 1]."""
 
     def __init__(self, latent_dim: int, features: int, channels: int, image_size: int,
-                 num_classes: int = 0, embed_dim: int = 16) -> None:
+                 num_classes: int = 0, embed_dim: int = 16, upsample: str = "deconv") -> None:
         super().__init__()
         start, ups = _plan(image_size)
+        up = _up_resize if upsample == "resize" else _up_deconv
         self.latent_dim, self.num_classes = latent_dim, num_classes
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
         in_dim = latent_dim + (embed_dim if num_classes else 0)
@@ -54,10 +73,9 @@ class Generator(nn.Module):
             nn.BatchNorm2d(width), nn.ReLU(True),
         ]
         for _ in range(ups - 1):
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),  # side x2
-                       nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            layers += [*up(width, width // 2), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
             width //= 2
-        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        layers += [*up(width, channels), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -72,9 +90,10 @@ class Discriminator(nn.Module):
     """images (B, C, H, W) [+ labels (B,)] -> logits (B,)."""
 
     def __init__(self, features: int, channels: int, image_size: int,
-                 num_classes: int = 0, embed_dim: int = 16) -> None:
+                 num_classes: int = 0, embed_dim: int = 16, norm: str = "batch") -> None:
         super().__init__()
         start, downs = _plan(image_size)
+        sn = nn.utils.parametrizations.spectral_norm if norm == "spectral" else (lambda m: m)
         self.image_size, self.num_classes = image_size, num_classes
         # Conditional: the label becomes one extra input plane (embedding -> H*W pixels).
         self.embed = (nn.Sequential(nn.Embedding(num_classes, embed_dim),
@@ -82,14 +101,15 @@ class Discriminator(nn.Module):
                       if num_classes else None)
         width = features
         layers: list[nn.Module] = [
-            nn.Conv2d(channels + (1 if num_classes else 0), width, 4, 2, 1, bias=False),
+            sn(nn.Conv2d(channels + (1 if num_classes else 0), width, 4, 2, 1, bias=False)),
             nn.LeakyReLU(0.2, inplace=True),  # no BatchNorm on the input layer (DCGAN)
         ]
         for _ in range(downs - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),  # side / 2
-                       nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [sn(nn.Conv2d(width, width * 2, 4, 2, 1, bias=False)),  # side / 2
+                       *([nn.BatchNorm2d(width * 2)] if norm == "batch" else []),
+                       nn.LeakyReLU(0.2, inplace=True)]
             width *= 2
-        layers += [nn.Conv2d(width, 1, start, 1, 0, bias=False)]  # (B, 1, 1, 1) logits
+        layers += [sn(nn.Conv2d(width, 1, start, 1, 0, bias=False))]  # (B, 1, 1, 1) logits
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -110,8 +130,9 @@ def build_models(model_cfg: dict, image_shape: tuple[int, int, int],
     classes = num_classes if model_cfg.get("conditional") else 0
     embed = int(model_cfg.get("embed_dim", 16))
     G = Generator(int(model_cfg["latent_dim"]), int(model_cfg["g_features"]), channels,
-                  height, classes, embed)
-    D = Discriminator(int(model_cfg["d_features"]), channels, height, classes, embed)
+                  height, classes, embed, model_cfg.get("g_upsample", "deconv"))
+    D = Discriminator(int(model_cfg["d_features"]), channels, height, classes, embed,
+                      model_cfg.get("d_norm", "batch"))
     G.apply(weights_init)
     D.apply(weights_init)
     return G, D

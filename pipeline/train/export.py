@@ -53,8 +53,10 @@ def export(ckpt_dir: Path, models_dir: Path, metrics_dir: Path) -> list[dict[str
     state = load_checkpoint(ckpt_dir / STATE_FILE)
     meta = {k: state[k] for k in ("model_config", "image_shape", "num_classes", "class_names",
                                   "epoch", "step")}
-    save_checkpoint(models_dir / "generator.pt",
-                    make_checkpoint(**meta, generator=state["generator"]))
+    # With train.ema_decay, the EMA generator is the model: exported, sampled, evaluated.
+    generator = state["generator_ema"]["model"] if "generator_ema" in state \
+        else state["generator"]
+    save_checkpoint(models_dir / "generator.pt", make_checkpoint(**meta, generator=generator))
     save_checkpoint(models_dir / "discriminator.pt",
                     make_checkpoint(**meta, discriminator=state["discriminator"]))
     history = list(state["history"])

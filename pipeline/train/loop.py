@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,10 @@ from pipeline.models import (
     save_checkpoint,
     unwrap,
 )
+from pipeline.train.augment import diff_augment
 from pipeline.train.data import DeviceArrays
+from pipeline.train.ema import GeneratorEMA
+from pipeline.train.objective import d_loss, g_loss, r1_penalty
 from pipeline.train.stats import STAT_NAMES, NonFiniteLossError, RunningStats
 
 __all__ = ["LOG_FIELDS", "STATE_FILE", "Hooks", "LocalHooks", "NonFiniteLossError",
@@ -121,18 +124,25 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
               opt_d: torch.optim.Optimizer,
               loader: Iterator[tuple[torch.Tensor, torch.Tensor]], *, epoch: int,
               latent_dim: int, num_classes: int, noise: torch.Generator, device: torch.device,
-              precision: str = "fp32", max_steps: int | None = None, step: int = 0,
-              check_every: int = 25, on_step: Callable[[int, int], None] | None = None,
+              precision: str = "fp32", loss: str = "ns", r1_gamma: float = 0.0,
+              diffaugment: Sequence[str] = (), ema: GeneratorEMA | None = None,
+              max_steps: int | None = None, step: int = 0, check_every: int = 25,
+              on_step: Callable[[int, int], None] | None = None,
               ) -> tuple[dict[str, float], int]:
-    """One epoch of the non-saturating GAN; returns (rank-averaged means, global step).
+    """One epoch of GAN training; returns (rank-averaged means, global step).
 
-    `loader` yields device batches; `noise` is a generator on `device`. The per-step statistics
-    stay on the device; every `check_every` steps and at the end they are reduced across ranks
-    (`RunningStats`), which raises `NonFiniteLossError` naming the epoch and step of the first
-    NaN/inf loss on any rank, so every rank stops at the same step.
+    `loss` is `ns` or `hinge` (`objective.py`); `r1_gamma` > 0 adds the R1 penalty to D's loss;
+    `diffaugment` names DiffAugment policies applied before every D forward; `ema`, if given,
+    is updated after every G step. `loader` yields device batches; `noise` is a generator on
+    `device`. The per-step statistics stay on the device; every `check_every` steps and at the
+    end they are reduced across ranks (`RunningStats`), which raises `NonFiniteLossError` naming
+    the epoch and step of the first NaN/inf loss on any rank, so every rank stops together.
     """
-    criterion = nn.BCEWithLogitsLoss()
     conditional = num_classes > 0 and getattr(unwrap(G), "num_classes", 0) > 0
+
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, diffaugment, noise) if diffaugment else x
+
     stats = RunningStats(device, check_every)
     steps = 0
     for real, labels in loader:
@@ -144,34 +154,36 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
         z = torch.randn(b, latent_dim, generator=noise, device=device)  # (B, latent)
         fake_labels = (torch.randint(0, num_classes, (b,), generator=noise, device=device)
                        if conditional else None)
-        ones, zeros = torch.ones(b, device=device), torch.zeros(b, device=device)
 
-        # (1) Update D: maximise log D(x) + log(1 - D(G(z))). Real and fake go through D in
-        # separate forwards (as in the DCGAN paper's code): D's BatchNorm then normalises each
-        # batch by its own statistics, in this phase and in (2) alike. One mixed forward lets
-        # BatchNorm leak batch-level real/fake information, and G then collapses onto a few
-        # modes (measured: tops only on Fashion-MNIST, recall 0.09).
+        # (1) Update D: tell real from G(z). Real and fake go through D in separate forwards
+        # (as in the DCGAN paper's code): D's BatchNorm then normalises each batch by its own
+        # statistics, in this phase and in (2) alike. One mixed forward lets BatchNorm leak
+        # batch-level real/fake information, and G then collapses onto a few modes
+        # (measured: tops only on Fashion-MNIST, recall 0.09).
         with _autocast(precision, device):
             fake = G(z, fake_labels) if conditional else G(z)  # (B, C, H, W)
-            logits_real = D(real, labels) if conditional else D(real)  # (B,)
-            detached = fake.detach().to(real.dtype)
+            real_in = augment(real).requires_grad_(r1_gamma > 0)
+            logits_real = D(real_in, labels) if conditional else D(real_in)  # (B,)
+            detached = augment(fake.detach().to(real.dtype))
             logits_fake = D(detached, fake_labels) if conditional else D(detached)  # (B,)
-            loss_d = (criterion(logits_real.float(), ones)
-                      + criterion(logits_fake.float(), zeros))
+            loss_d = d_loss(loss, logits_real, logits_fake)
+        total_d = loss_d + r1_penalty(logits_real, real_in, r1_gamma) if r1_gamma else loss_d
         opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        total_d.backward()
         opt_d.step()
 
-        # (2) Update G: maximise log D(G(z)) (non-saturating). D's grads from this backward are
-        # discarded (zeroed before D's next step): skip their all-reduce.
+        # (2) Update G: make D call G(z) real. D's grads from this backward are discarded
+        # (zeroed before D's next step): skip their all-reduce.
         with _no_sync(D), _autocast(precision, device):
-            fake_in = fake.to(real.dtype)
+            fake_in = augment(fake.to(real.dtype))
             logits_g = D(fake_in, fake_labels) if conditional else D(fake_in)  # (B,)
-            loss_g = criterion(logits_g.float(), ones)
+            loss_g = g_loss(loss, logits_g)
         opt_g.zero_grad(set_to_none=True)
         with _no_sync(D):
             loss_g.backward()
         opt_g.step()
+        if ema is not None:
+            ema.update(unwrap(G))
 
         with torch.no_grad():  # (4,) on the device: no host sync here
             stats.add(torch.stack([loss_d.float(), loss_g.float(),
@@ -220,6 +232,8 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
     betas = (cfg.train.beta1, cfg.train.beta2)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.train.lr_g, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.train.lr_d, betas=betas)
+    # Rank 0 keeps the EMA (every rank's G is the same after DDP's all-reduce).
+    ema = GeneratorEMA(unwrap(G), cfg.train.ema_decay) if master and cfg.train.ema_decay else None
 
     start_epoch, step, history = 1, 0, []  # type: int, int, list[dict[str, Any]]
     # Rank 0 keeps every epoch's grid here; each checkpoint carries them all, so a resume (or
@@ -233,6 +247,8 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
             opt_g.load_state_dict(ckpt["opt_g"])
             opt_d.load_state_dict(ckpt["opt_d"])
             torch.set_rng_state(ckpt["rng_torch"])
+            if ema is not None and "generator_ema" in ckpt:
+                ema.load_state_dict(ckpt["generator_ema"])
             start_epoch, step, history = ckpt["epoch"] + 1, ckpt["step"], list(ckpt["history"])
             if master:  # the grids of the epochs before the resume
                 shutil.copytree(Path(ckpt_dir) / "samples", samples, dirs_exist_ok=True)
@@ -262,8 +278,9 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
             epoch=epoch, latent_dim=cfg.model.latent_dim,
             num_classes=num_classes if cfg.model.conditional else 0,
             noise=_epoch_noise(cfg, epoch, rank, device), device=device, precision=precision,
-            max_steps=cfg.train.max_steps_per_epoch, step=step, check_every=cfg.check_every,
-            on_step=hooks.on_step)
+            loss=cfg.train.loss, r1_gamma=cfg.train.r1_gamma, diffaugment=cfg.train.diffaugment,
+            ema=ema, max_steps=cfg.train.max_steps_per_epoch, step=step,
+            check_every=cfg.check_every, on_step=hooks.on_step)
         seconds = time.perf_counter() - t0
         metrics = {"epoch": epoch, **{k: stats[k] for k in STAT_NAMES},
                    "images_per_s": stats["steps"] * local_batch * world / seconds,
@@ -272,7 +289,7 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
         ckpt_dir = None
         if master:
             ckpt_dir = Path(tempfile.mkdtemp(prefix="gan-ckpt-"))
-            _save_epoch(cfg, G, D, opt_g, opt_d, ckpt_dir, samples, history, image_shape,
+            _save_epoch(cfg, G, D, opt_g, opt_d, ema, ckpt_dir, samples, history, image_shape,
                         num_classes, class_names, fixed_z, fixed_labels, device, tracker)
             print(f"epoch {epoch}/{cfg.train.epochs} loss_d={metrics['loss_d']:.3f} "
                   f"loss_g={metrics['loss_g']:.3f} D(x)={metrics['d_real']:.3f} "
@@ -289,28 +306,49 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
     return metrics
 
 
+def _sample_generator(cfg: WorkerConfig, G: nn.Module, ema: GeneratorEMA | None,
+                      num_classes: int, device: torch.device) -> nn.Module:
+    """The generator users get: the EMA one (BatchNorm statistics re-estimated from a fixed
+    noise stream, so every epoch's estimate is comparable), else the bare trained G."""
+    if ema is None:
+        return unwrap(G)  # the bare module: a DDP forward on rank 0 alone would wait for peers
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 777)
+    batch = 256
+
+    def inputs() -> tuple[torch.Tensor, ...]:
+        z = torch.randn(batch, cfg.model.latent_dim, generator=gen, device=device)
+        if not cfg.model.conditional:
+            return (z,)
+        return z, torch.randint(0, num_classes, (batch,), generator=gen, device=device)
+
+    ema.recompute_batchnorm(inputs, batches=8)
+    return ema.model
+
+
 def _save_epoch(cfg: WorkerConfig, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
-                opt_d: torch.optim.Optimizer, ckpt_dir: Path, samples: Path,
-                history: list[dict[str, Any]],
+                opt_d: torch.optim.Optimizer, ema: GeneratorEMA | None, ckpt_dir: Path,
+                samples: Path, history: list[dict[str, Any]],
                 image_shape: tuple[int, int, int], num_classes: int, class_names: list[str],
                 fixed_z: torch.Tensor, fixed_labels: torch.Tensor | None, device: torch.device,
                 tracker: Any) -> None:
-    """Rank 0: checkpoint (weights on the CPU) + every sample grid so far into `ckpt_dir`;
-    the epoch's metrics and grid to MLflow."""
+    """Rank 0: checkpoint (G, D, EMA, optimizers, RNG) + every sample grid so far into `ckpt_dir`;
+    the epoch's metrics and grid to MLflow. With an EMA, the grid shows the EMA generator."""
     epoch, step = history[-1]["epoch"], history[-1]["step"]
-    g = unwrap(G)  # the bare module: a DDP forward on rank 0 alone would wait for peers
+    g = _sample_generator(cfg, G, ema, num_classes, device)
+    was_training = g.training
     g.eval()
     with torch.no_grad():
         grid = g(fixed_z.to(device), None if fixed_labels is None else fixed_labels.to(device))
-    g.train()
+    g.train(was_training)
     name = f"epoch_{epoch:03d}.png"
     save_grid(grid, samples / name)
     shutil.copytree(samples, ckpt_dir / "samples")
+    extra = {"generator_ema": ema.state_dict()} if ema is not None else {}
     save_checkpoint(ckpt_dir / STATE_FILE, make_checkpoint(
         model_config=cfg.model.model_dump(), image_shape=image_shape, num_classes=num_classes,
         class_names=class_names, epoch=epoch, step=step, generator=unwrap(G),
         discriminator=unwrap(D), opt_g=opt_g, opt_d=opt_d, rng_torch=torch.get_rng_state(),
-        history=history))
+        history=history, **extra))
     if tracker is not None:
         tracker.log_metrics({f"train/{k}": history[-1][k] for k in LOG_FIELDS[1:]}, step=epoch)
         tracker.log_artifact(samples / name, "samples")

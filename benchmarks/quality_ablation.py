@@ -1,0 +1,190 @@
+"""Quality per CPU-minute: each training technique (params) trained for the same wall time,
+scored with the pipeline's own metrics (domain FID/KID/precision/recall at N, beside the real
+floor), on the prepared data and the pipeline's FeatureNet.
+
+    dvc repro featurenet     # data/prepared + models/featurenet.pt
+    .venv/bin/python benchmarks/quality_ablation.py --seconds 480 --parallel 2
+
+Each variant is `params.yaml`'s model/train sections with a few overrides (`VARIANTS`). It
+trains in-process (`pipeline.train.loop.train_worker`, one thread per variant, `--parallel`
+variants at a time) and stops after the first epoch that ends past `--seconds` of its own CPU
+time (`time.process_time`: equal compute, whatever else loads the machine). Its exported
+generator (the EMA one when on) is sampled (`pipeline.generate.sample`) and scored
+(`pipeline.metrics.evaluate.evaluate_quality`, domain space only: Inception costs ~6 images/s
+here). Writes benchmarks/results/quality_ablation.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (model overrides, train overrides): `ema` against `baseline`, then each other
+# technique on top of the EMA.
+VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "baseline": ({}, {}),
+    "ema": ({}, {"ema_decay": 0.999}),
+    "ttur": ({}, {"ema_decay": 0.999, "lr_d": 4e-4, "lr_g": 1e-4}),
+    "hinge_sn": ({"d_norm": "spectral"}, {"ema_decay": 0.999, "loss": "hinge"}),
+    "diffaugment": ({}, {"ema_decay": 0.999, "diffaugment": ["translation", "cutout"]}),
+    "resize_g": ({"g_upsample": "resize"}, {"ema_decay": 0.999}),
+    "r1": ({}, {"ema_decay": 0.999, "r1_gamma": 0.1}),
+    # G learning faster than D (what held on digits in tests/test_quality_guard.py's sweeps).
+    "fast_g": ({}, {"lr_g": 1e-3, "lr_d": 5e-4}),
+    "fast_g_ema": ({}, {"lr_g": 1e-3, "lr_d": 5e-4, "ema_decay": 0.995}),
+    "fast_g_b64": ({}, {"lr_g": 1e-3, "lr_d": 5e-4, "batch_size": 64}),
+    "fast_g_b32": ({}, {"lr_g": 1e-3, "lr_d": 5e-4, "batch_size": 32}),
+    "faster_g_b64": ({}, {"lr_g": 2e-3, "lr_d": 5e-4, "batch_size": 64}),
+    "fast_g_slow_d_b64": ({}, {"lr_g": 1e-3, "lr_d": 2.5e-4, "batch_size": 64}),
+}
+# channels_last changes speed, not what a step computes: it is measured in train_throughput.py.
+
+
+class TimeUp(Exception):
+    pass
+
+
+def train_variant(name: str, seconds: float, steps_per_epoch: int, out: str) -> dict[str, Any]:
+    """Train one variant for ~`seconds` of CPU time on 1 thread; write its generator to `out`."""
+    import shutil
+
+    import torch
+
+    from pipeline.config import ModelConfig, TrainConfig, load_params
+    from pipeline.models import load_checkpoint, make_checkpoint, save_checkpoint
+    from pipeline.train.data import load_train_arrays
+    from pipeline.train.loop import STATE_FILE, Hooks, WorkerConfig, train_worker
+
+    torch.set_num_threads(1)
+    params = load_params(ROOT / "params.yaml")
+    model_over, train_over = VARIANTS[name]
+    model = ModelConfig(**{**params.model.model_dump(), **model_over})
+    train = TrainConfig(**{**params.train.model_dump(), "epochs": 10_000,
+                           "max_steps_per_epoch": steps_per_epoch, **train_over})
+    arrays = load_train_arrays(ROOT / "data" / "prepared" / "train.npz")
+    keep = Path(tempfile.mkdtemp(prefix=f"ablation-{name}-"))
+    start, wall = time.process_time(), time.perf_counter()
+    history: list[dict[str, Any]] = []
+
+    def report(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
+        history.append(metrics)
+        if ckpt_dir is not None:
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(ckpt_dir, keep)
+        if time.process_time() - start > seconds:
+            raise TimeUp
+
+    cfg = WorkerConfig(model=model, train=train, seed=params.seed)
+    with contextlib.suppress(TimeUp):  # the budget is spent: keep the last checkpoint
+        train_worker(cfg, arrays.images, arrays.labels, arrays.class_names, Hooks(report=report))
+    state = load_checkpoint(keep / STATE_FILE)
+    generator = state["generator_ema"]["model"] if "generator_ema" in state \
+        else state["generator"]
+    meta = {k: state[k] for k in ("model_config", "image_shape", "num_classes", "class_names",
+                                  "epoch", "step")}
+    save_checkpoint(out, make_checkpoint(**meta, generator=generator))
+    shutil.rmtree(keep, ignore_errors=True)
+    return {"cpu_seconds": round(time.process_time() - start, 1),
+            "wall_seconds": round(time.perf_counter() - wall, 1), "steps": state["step"],
+            "images_per_s": float(np.median([h["images_per_s"] for h in history])),
+            "model": model_over, "train": train_over}
+
+
+def score(generator: str, n: int) -> dict[str, Any]:
+    """Domain-space quality of `n` fakes, exactly as the evaluate stage computes it."""
+    from pipeline.config import load_params
+    from pipeline.generate import sample
+    from pipeline.metrics.evaluate import evaluate_quality
+    from pipeline.models import load_generator
+
+    params = load_params(ROOT / "params.yaml")
+    G, meta = load_generator(generator)
+    images, labels = sample(G, meta, n, seed=params.seed + 1)
+    cfg = params.evaluate.model_copy(update={
+        "num_samples": n, "inception": params.evaluate.inception.model_copy(
+            update={"enabled": "off"})})
+    with tempfile.TemporaryDirectory() as tmp:
+        fake = Path(tmp) / "eval.npz"
+        np.savez(fake, images=images, labels=labels)
+        return evaluate_quality(ROOT / "data" / "prepared", fake, ROOT / "models" /
+                                "featurenet.pt", cfg, params.seed)
+
+
+def _worker(name: str, seconds: float, steps: int, out: str, queue: mp.Queue) -> None:
+    try:
+        queue.put((name, train_variant(name, seconds, steps, out)))
+    except Exception as exc:  # noqa: BLE001 - reported in the results
+        queue.put((name, {"error": f"{type(exc).__name__}: {exc}"}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=480.0,
+                        help="training CPU time per variant")
+    parser.add_argument("--parallel", type=int, default=2, help="variants trained at once")
+    parser.add_argument("--steps-per-epoch", type=int, default=100)
+    parser.add_argument("--n", type=int, default=10_000, help="fakes and real images scored")
+    parser.add_argument("--only", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--merge", action="store_true",
+                        help="add to --out's variants instead of replacing them")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "quality_ablation.json")
+    args = parser.parse_args()
+
+    ctx = mp.get_context("spawn")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        names = list(args.only)
+        for i in range(0, len(names), args.parallel):
+            queue: mp.Queue = ctx.Queue()
+            batch = names[i : i + args.parallel]
+            procs = [ctx.Process(target=_worker, args=(n, args.seconds, args.steps_per_epoch,
+                                                       f"{tmp}/{n}.pt", queue)) for n in batch]
+            for p in procs:
+                p.start()
+            for _ in batch:
+                name, info = queue.get(timeout=args.seconds * 4 + 600)
+                results[name] = info
+            for p in procs:
+                p.join()
+            for name in batch:
+                if "error" not in results[name]:
+                    results[name]["quality"] = score(f"{tmp}/{name}.pt", args.n)
+                print(name, json.dumps(results[name]), flush=True)
+
+    protocol = (f"{args.seconds:.0f} CPU-seconds of training on 1 thread, {args.parallel} "
+                f"variants at a time; domain metrics at N={args.n}")
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for info in results.values():
+        info.update(protocol=protocol, date=date)
+    if args.merge and args.out.is_file():  # keep the variants this run did not train
+        results = {**json.loads(args.out.read_text())["variants"], **results}
+    report = {
+        "machine": f"{platform.machine()}, {mp.cpu_count()} cores, {platform.platform()}",
+        "variants": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    n = f"{args.n // 1000}k" if args.n % 1000 == 0 else str(args.n)
+    print(f"\n| variant | steps | fid_domain_{n} | recall | precision |\n|---|---|---|---|---|")
+    for name, info in results.items():
+        q = info.get("quality", {})
+        print(f"| {name} | {info.get('steps', '-')} | {q.get(f'fid_domain_{n}', '-'):.1f} | "
+              f"{q.get(f'recall_domain_{n}', float('nan')):.3f} | "
+              f"{q.get(f'precision_domain_{n}', float('nan')):.3f} |" if q else
+              f"| {name} | failed: {info.get('error')} | | | |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Training techniques as params (issue 11): DiffAugment, losses, R1, EMA, G/D variants.
+
+Each is checked against a closed form or an independent computation, then all of them
+together through the in-process training loop (resume included).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.models import build_models, load_checkpoint
+from pipeline.train.augment import color, cutout, diff_augment, translation
+from pipeline.train.ema import GeneratorEMA
+from pipeline.train.loop import STATE_FILE, LocalHooks, WorkerConfig, train_worker
+from pipeline.train.objective import d_loss, g_loss, r1_penalty
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# -- DiffAugment --------------------------------------------------------------------------------
+def test_translation_is_an_integer_shift_with_zero_fill() -> None:
+    x = torch.rand(64, 2, 16, 16) + 1  # strictly positive: shifted-in zeros are visible
+    out = translation(x, gen(), ratio=0.125)
+    for i in range(64):
+        # Find the shift that reproduces the output exactly: exactly one does, within +-2 px.
+        hits = []
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                ref = torch.zeros_like(x[i])
+                ys, xs = slice(max(0, -dy), 16 - max(0, dy)), slice(max(0, -dx), 16 - max(0, dx))
+                ysrc = slice(max(0, dy), 16 - max(0, -dy))
+                xsrc = slice(max(0, dx), 16 - max(0, -dx))
+                ref[:, ys, xs] = x[i][:, ysrc, xsrc]
+                hits += [(dy, dx)] if torch.equal(out[i], ref) else []
+        assert len(hits) == 1, (i, hits)
+    assert translation(x, gen(3)).equal(translation(x, gen(3)))  # reproducible
+
+
+def test_cutout_zeroes_one_square_of_half_the_side() -> None:
+    out = cutout(torch.ones(500, 1, 16, 16), gen())
+    zeros = (out == 0).squeeze(1)  # (B, H, W)
+    frac = zeros.float().mean(dim=(1, 2))
+    assert frac.max() == pytest.approx(0.25)  # a whole 8x8 square when it fits
+    assert frac.min() > 0 and frac.mean() > 0.12  # clipped at the border, never absent
+    for mask in zeros[:50]:  # the zeroed region is one axis-aligned rectangle
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+        assert int(mask.sum()) == len(rows) * len(cols)
+
+
+def test_color_brightness_and_contrast_bounds() -> None:
+    x = torch.linspace(-1, 1, 28 * 28).view(1, 1, 28, 28).repeat(400, 1, 1, 1)
+    out = color(x, gen())
+    shift = out.mean(dim=(1, 2, 3)) - x.mean()  # contrast keeps the mean: brightness only
+    assert shift.abs().max() <= 0.5 + 1e-5 and shift.std() > 0.2
+    scale = out.std(dim=(1, 2, 3)) / x.std()
+    assert scale.min() >= 0.5 - 1e-3 and scale.max() <= 1.5 + 1e-3  # float32 std
+
+
+def test_diffaugment_keeps_shape_and_gradients() -> None:
+    x = torch.randn(8, 3, 28, 28, requires_grad=True)
+    out = diff_augment(x, ("color", "translation", "cutout"), gen())
+    assert out.shape == x.shape
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert diff_augment(x, (), gen()) is x
+
+
+# -- losses and R1 ------------------------------------------------------------------------------
+def test_ns_loss_is_bce_with_logits_and_hinge_closed_form() -> None:
+    r, f = torch.randn(32), torch.randn(32)
+    bce = nn.BCEWithLogitsLoss()
+    assert d_loss("ns", r, f).item() == pytest.approx(
+        (bce(r, torch.ones(32)) + bce(f, torch.zeros(32))).item(), rel=1e-6)
+    assert g_loss("ns", f).item() == pytest.approx(bce(f, torch.ones(32)).item(), rel=1e-6)
+    r = torch.tensor([2.0, 0.5, -1.0])
+    f = torch.tensor([-2.0, 0.0, 3.0])
+    assert d_loss("hinge", r, f).item() == pytest.approx((0 + 0.5 + 2) / 3 + (0 + 1 + 4) / 3)
+    assert g_loss("hinge", f).item() == pytest.approx(-1 / 3)
+
+
+def test_r1_of_a_linear_critic_is_gamma_half_norm_squared() -> None:
+    w = torch.randn(1, 1, 4, 4)
+    real = torch.randn(6, 1, 4, 4, requires_grad=True)
+    logits = (real * w).flatten(1).sum(1)  # D(x) = <w, x>: grad = w for every image
+    assert r1_penalty(logits, real, gamma=10.0).item() == pytest.approx(
+        5.0 * float(w.pow(2).sum()), rel=1e-5)
+
+
+# -- EMA ------------------------------------------------------------------------------------------
+def test_ema_follows_the_formula_with_warm_up() -> None:
+    model = nn.Linear(3, 2)
+    ema = GeneratorEMA(model, decay=0.9)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # step 1: decay = min(0.9, 2/11)
+    d = 2 / 11
+    assert torch.allclose(ema.model.weight, d * start + (1 - d) * model.weight)
+    for _ in range(200):
+        ema.update(model)
+    assert torch.allclose(ema.model.weight, model.weight, atol=1e-6)  # converges to a constant G
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_recomputed_batchnorm_matches_the_inputs_statistics() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    ema = GeneratorEMA(model, decay=0.99)
+    batches = [torch.randn(64, 4) * 3 + 1 for _ in range(5)]
+    it = iter(batches)
+    ema.recompute_batchnorm(lambda: (next(it),), batches=5)
+    with torch.no_grad():
+        h = torch.cat([ema.model[0](b) for b in batches])  # (320, 3)
+    bn = ema.model[1]
+    assert torch.allclose(bn.running_mean, h.mean(0), atol=1e-5)
+    # Cumulative average of the per-batch unbiased variances (what momentum=None keeps).
+    per_batch = torch.stack([ema.model[0](b).detach().var(0, unbiased=True) for b in batches])
+    assert torch.allclose(bn.running_var, per_batch.mean(0), rtol=1e-4)
+    assert bn.momentum == 0.1 and not ema.model.training
+
+
+# -- model variants -------------------------------------------------------------------------------
+@pytest.mark.parametrize("upsample", ["deconv", "resize"])
+@pytest.mark.parametrize("norm", ["batch", "spectral", "none"])
+def test_model_variants(upsample: str, norm: str) -> None:
+    torch.manual_seed(0)
+    G, D = build_models({"latent_dim": 8, "g_features": 8, "d_features": 8,
+                         "g_upsample": upsample, "d_norm": norm}, (1, 28, 28), 10)
+    x = G(torch.randn(5, 8))
+    assert x.shape == (5, 1, 28, 28) and x.abs().max() <= 1 and D(x).shape == (5,)
+    kinds = {type(m).__name__ for m in D.modules()}
+    assert ("BatchNorm2d" in kinds) == (norm == "batch")
+    deconvs = sum(isinstance(m, nn.ConvTranspose2d) for m in G.modules())
+    assert deconvs == (3 if upsample == "deconv" else 1)  # 1x1 -> 7x7 projection, then 2 x2s
+    if norm == "spectral":
+        for _ in range(30):  # each training forward runs one power iteration
+            D(x.detach())
+        conv = next(m for m in D.modules() if isinstance(m, nn.Conv2d))
+        sigma = torch.linalg.matrix_norm(conv.weight.flatten(1), ord=2)
+        assert sigma.item() == pytest.approx(1.0, rel=0.02)  # largest singular value 1
+        assert conv.parametrizations.weight.original.std().item() == pytest.approx(0.02, rel=0.2)
+
+
+# -- all together through the loop ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits28() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images[:, None].astype(np.float32) / 16.0)
+    x = torch.nn.functional.interpolate(x, size=28, mode="bilinear", align_corners=False)
+    images = (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return images, d.target.astype(np.int64), [str(i) for i in range(10)]
+
+
+def _cfg(epochs: int, conditional: bool = False) -> WorkerConfig:
+    return WorkerConfig(
+        model=ModelConfig(latent_dim=16, g_features=8, d_features=8, g_upsample="resize",
+                          d_norm="spectral", conditional=conditional, embed_dim=4),
+        train=TrainConfig(epochs=epochs, batch_size=32, max_steps_per_epoch=4, grid_size=16,
+                          loss="hinge", r1_gamma=1.0, ema_decay=0.99,
+                          diffaugment=["color", "translation", "cutout"]),
+        seed=0)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_every_technique_trains_and_resumes_exactly(tmp_path: Path, digits28,
+                                                    conditional: bool) -> None:
+    straight = LocalHooks(tmp_path / "straight")
+    train_worker(_cfg(2, conditional), *digits28, straight)
+    resumed = LocalHooks(tmp_path / "resumed")
+    train_worker(_cfg(1, conditional), *digits28, resumed)
+    train_worker(_cfg(2, conditional), *digits28, resumed)
+    assert [r["epoch"] for r in resumed.reports] == [1, 2]
+    assert resumed.reports[-1]["loss_d"] == straight.reports[-1]["loss_d"]
+    a = load_checkpoint(tmp_path / "straight" / "epoch_002" / STATE_FILE)
+    b = load_checkpoint(tmp_path / "resumed" / "epoch_002" / STATE_FILE)
+    assert a["generator_ema"]["updates"] == 8 == b["generator_ema"]["updates"]
+    for key, value in a["generator_ema"]["model"].items():  # the EMA resumed exactly too
+        assert torch.equal(value, b["generator_ema"]["model"][key]), key
+    # The EMA is a different model from the raw G (averaged, own BN statistics).
+    assert not torch.equal(a["generator_ema"]["model"]["net.1.running_mean"],
+                           a["generator"]["net.1.running_mean"])
