@@ -1,0 +1,69 @@
+"""Wall time of each DVC stage in one `dvc repro` (what `make run` runs), from DVC's own output.
+
+    unshare -n sh -c 'ip link set lo up; .venv/bin/python benchmarks/pipeline_timing.py --force'
+
+Runs `dvc repro [--force]` with the venv on PATH, timestamps every "Running stage 'X'" line
+DVC prints, and writes benchmarks/results/pipeline_timing.json: per-stage seconds (from its
+start line to the next stage's, or to the end), the total, the per-epoch log lines the train
+stage printed, and the machine. `--force` re-runs every stage (the from-scratch figure, the
+one-time install aside); without it only what changed runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
+EPOCH_LINE = re.compile(r"\bepoch \d+/\d+ loss_d=")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="re-run every stage")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "pipeline_timing.json")
+    args = parser.parse_args()
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONUNBUFFERED": "1"}
+    cmd = ["dvc", "repro", *(["--force"] if args.force else [])]
+    start = time.monotonic()
+    marks: list[tuple[str, float]] = []
+    epoch_lines, lines = [], 0
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            lines += 1
+            if match := STAGE_LINE.match(line):
+                marks.append((match.group(1), time.monotonic() - start))
+            if EPOCH_LINE.search(line):
+                epoch_lines.append(line.strip())
+    total = time.monotonic() - start
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} exited {proc.returncode}; nothing written")
+    ends = [t for _, t in marks[1:]] + [total]
+    stages = {name: round(end - begin, 1) for (name, begin), end in zip(marks, ends, strict=True)}
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "command": " ".join(cmd), "total_s": round(total, 1), "stages_s": stages,
+        "train_epoch_lines": epoch_lines, "output_lines": lines,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("total_s", "stages_s")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
