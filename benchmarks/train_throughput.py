@@ -1,68 +1,129 @@
-"""Training throughput: a plain torch loop (1 process x 2 threads) vs Ray Train DDP (2 x 1).
+"""Training throughput: plain torch (1 process x 2 threads, NCHW and channels_last) vs Ray Train
+DDP (2 workers x 1 thread), each put against the FLOP counter and the machine's GEMM peak.
 
-Same data (prepared Fashion-MNIST when `data/prepared/train.npz` exists, else sklearn digits
-upscaled to 28 px), same DCGAN (params.yaml model defaults), same global batch 128, same GAN step
-(`pipeline.train.loop.run_epoch`). Steady-state images/s skips the warm-up steps. Also measures
-Ray's start-up: `ray.init` seconds and fit() start -> first training step. Run it inside a
-network namespace (it starts Ray):
+All contenders run the same GAN step (`pipeline.train.loop.run_epoch` over
+`pipeline.train.data.DeviceArrays` batches) on the same data (`--data`, by default the prepared
+Fashion-MNIST `data/prepared/train.npz`; when it is missing, sklearn digits upscaled to 28 px),
+with the same DCGAN and optimiser (params.yaml `model` and `train` sections) and the same
+global batch 128. Images/s is the steady state: `--steps` timed steps after `--warmup` steps.
+
+  plain     this process, 2 torch threads, NCHW (the default memory format)
+  plain_cl  the same with channels_last batches and models (as `loop.train_worker` does)
+  ray       a fresh local Ray, a 2-worker TorchTrainer (DDP, gloo), 1 thread each; channels_last
+            as params.yaml `train.channels_last` says
+
+What the numbers mean (issue 11: the benchmark prints these ratios itself):
+  * FLOP/image: `torch.utils.flop_counter.FlopCounterMode` over one `run_epoch` step (D step +
+    G step, forward and backward) at the global batch, divided by the batch;
+  * GEMM peak: fp32 `torch.mm` n x n (`--gemm-n`) with 2 threads, 2 n^3 / time, the median of
+    `--gemm-repeats` products, measured once before every round;
+  * per contender: GFLOP/s = img/s x FLOP/image, and its share of the median GEMM peak.
+
+Ray start-up, per Ray run: `ray.init` (through the launcher's `ray_session`, as the train stage
+does), then `fit()` start -> workers' entry -> first training step, and the fit's end. Every
+round also runs an EMPTY 2-worker `TorchTrainer.fit()` (a worker function that returns at once)
+in its own fresh Ray: Ray Train's own floor for start-up and teardown.
+
+The machine is shared and noisy, so rounds interleave everything: GEMM, plain, plain_cl, ray,
+empty fit, GEMM, plain, ... (`--repeats` rounds, at least 3). Every figure is reported as the
+median with its min-max and the raw values in run order; ratios are ratios of medians. Run it
+from the repo root inside a network namespace (it starts Ray):
 
     unshare -n sh -c 'ip link set lo up; .venv/bin/python benchmarks/train_throughput.py'
 
-Writes benchmarks/results/train_throughput.json.
+Flags: --repeats 3 --warmup 5 --steps 40 --gemm-n 2048 --gemm-repeats 10 --data PATH --out PATH.
+A smoke run: `--repeats 3 --warmup 1 --steps 3 --gemm-n 512 --out /tmp/tt.json`.
+Writes benchmarks/results/train_throughput.json (`--out`).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import functools
 import json
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.utils.data import DistributedSampler
+from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.config import ModelConfig
+from pipeline.config import Params, load_params
 from pipeline.io import write_json
 from pipeline.models import build_models
-from pipeline.train.data import batches, load_train_arrays
+from pipeline.train.data import DeviceArrays, load_train_arrays
 from pipeline.train.loop import run_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH = 128
+THREADS = 2  # plain: 1 process x 2 threads; Ray: 2 workers x 1 thread; GEMM peak: 2 threads
+CONTENDERS = {"plain": "plain torch 1x2 threads",
+              "plain_cl": "plain torch 1x2 threads, channels_last",
+              "ray": "Ray Train DDP 2x1 thread"}
 
 
-def load_data() -> tuple[np.ndarray, np.ndarray, str]:
-    prepared = ROOT / "data" / "prepared" / "train.npz"
-    if prepared.is_file():
-        arrays = load_train_arrays(prepared)
-        return arrays.images, arrays.labels, "fashion-mnist (data/prepared/train.npz)"
+def load_data(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """Images uint8 (N, H, W, C) and labels (N,): `path` if it exists, else sklearn digits."""
+    if path.is_file():
+        arrays = load_train_arrays(path)
+        return arrays.images, arrays.labels, str(path)
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = torch.from_numpy(d.images[:, None].astype(np.float32) / 16.0)
-    x = torch.nn.functional.interpolate(x, size=28, mode="bilinear", align_corners=False)
-    images = (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    return images, d.target.astype(np.int64), "sklearn digits upscaled to 28 px"
+    x = torch.from_numpy(d.images[:, None].astype(np.float32) / 16.0)  # (N, 1, 8, 8)
+    x = nn.functional.interpolate(x, size=28, mode="bilinear", align_corners=False)
+    images = (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # (N, 28, 28, 1)
+    return images, d.target.astype(np.int64), f"sklearn digits upscaled to 28 px ({path} absent)"
 
 
-def timed_steps(images: np.ndarray, labels: np.ndarray, local_batch: int, warmup: int,
-                steps: int, rank: int = 0, world: int = 1,
-                prepare=lambda m: m) -> dict[str, float]:
-    """Run warmup + steps GAN steps (cycling epochs); time the steps after the warm-up."""
-    torch.manual_seed(0)
-    model = ModelConfig()
+def gan_steps(params: Params, images: np.ndarray, labels: np.ndarray, steps: int, *,
+              channels_last: bool = False, rank: int = 0, world: int = 1,
+              prepare: Callable[[nn.Module], nn.Module] = lambda m: m,
+              on_step: Callable[[int, int], None] | None = None) -> None:
+    """Build G, D and Adam as the train stage's worker does, then train `steps` GAN steps
+    (cycling epochs) with `run_epoch` on this rank's share of the global batch."""
+    device = torch.device("cpu")
+    model, train = params.model, params.train
+    torch.manual_seed(params.seed)  # identical init on every rank
     G, D = build_models(model.model_dump(), (images.shape[3], images.shape[1], images.shape[2]),
-                        10)
+                        int(labels.max()) + 1)
+    if channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G, D = prepare(G), prepare(D)
-    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    marks: dict[str, float] = {}
+    betas = (train.beta1, train.beta2)
+    opt_g = torch.optim.Adam(G.parameters(), lr=train.lr_g, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=train.lr_d, betas=betas)
+    data = DeviceArrays.on(device, images, labels)
+    sampler = DistributedSampler(range(len(images)), num_replicas=world, rank=rank,
+                                 shuffle=True, seed=params.seed, drop_last=True)
     done, epoch = 0, 0
+    while done < steps:
+        epoch += 1
+        sampler.set_epoch(epoch)
+        stats, _ = run_epoch(
+            G, D, opt_g, opt_d, data.batches(list(sampler), GLOBAL_BATCH // world, channels_last),
+            epoch=epoch, latent_dim=model.latent_dim, num_classes=0,
+            noise=torch.Generator(device=device).manual_seed(epoch * 1024 + rank),
+            device=device, precision=train.precision, max_steps=steps - done, on_step=on_step)
+        done += stats["steps"]
+
+
+def timed_steps(params: Params, images: np.ndarray, labels: np.ndarray, warmup: int, steps: int,
+                **kwargs: Any) -> dict[str, float]:
+    """`gan_steps(warmup + steps)`; images/s over the steps after the warm-up, and the wall
+    clock of the first step and of the end (compared with the Ray driver's clock)."""
+    marks: dict[str, float] = {}
+    done = 0
 
     def on_step(_epoch: int, _step: int) -> None:
         nonlocal done
@@ -72,30 +133,61 @@ def timed_steps(images: np.ndarray, labels: np.ndarray, local_batch: int, warmup
             marks["t0"] = time.perf_counter()
         done += 1
 
-    while done < warmup + steps:
-        epoch += 1
-        rng = np.random.default_rng(epoch)
-        order = rng.permutation(len(images))[rank::world].tolist()
-        run_epoch(G, D, opt_g, opt_d, batches(images, labels, order, local_batch,
-                                              torch.device("cpu")),
-                  epoch=epoch, latent_dim=model.latent_dim, num_classes=0,
-                  noise=torch.Generator().manual_seed(epoch * 16 + rank),
-                  device=torch.device("cpu"), max_steps=warmup + steps - done, on_step=on_step)
+    gan_steps(params, images, labels, warmup + steps, on_step=on_step, **kwargs)
     seconds = time.perf_counter() - marks["t0"]
     return {"images_per_s": steps * GLOBAL_BATCH / seconds, "seconds": seconds,
-            "first_step": marks["first_step"]}
+            "first_step": marks["first_step"], "end": time.time()}
+
+
+def flop_per_image(params: Params, images: np.ndarray, labels: np.ndarray) -> float:
+    """FLOP of one GAN step (D step + G step, forward + backward) per image, by the counter."""
+    torch.set_num_threads(THREADS)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        gan_steps(params, images, labels, 1)
+    return counter.get_total_flops() / GLOBAL_BATCH
+
+
+def gemm_gflops(n: int, repeats: int) -> float:
+    """fp32 GEMM rate with 2 threads: median over `repeats` n x n products of 2 n^3 / time."""
+    torch.set_num_threads(THREADS)
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    out = torch.empty(n, n)
+    torch.mm(a, b, out=out)  # warm-up: thread pool, caches
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def plain_run(params: Params, images: np.ndarray, labels: np.ndarray, warmup: int, steps: int,
+              channels_last: bool) -> dict[str, float]:
+    """plain / plain_cl: this process, 2 torch threads, the whole global batch per step."""
+    torch.set_num_threads(THREADS)
+    return timed_steps(params, images, labels, warmup, steps, channels_last=channels_last)
 
 
 def _ray_worker(config: dict[str, Any]) -> None:
+    entry = time.time()
+    import logging
+
     import ray
     import ray.train
     import ray.train.torch
+    from ray.train.v2._internal.execution import context as train_context
 
+    # As the launcher's worker: Ray Train logs every report at INFO under this logger name.
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     torch.set_num_threads(1)
     ctx = ray.train.get_context()
-    out = timed_steps(ray.get(config["images"]), ray.get(config["labels"]),
-                      GLOBAL_BATCH // ctx.get_world_size(), config["warmup"], config["steps"],
-                      ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.prepare_model)
+    out = timed_steps(config["params"], ray.get(config["images"]), ray.get(config["labels"]),
+                      config["warmup"], config["steps"], channels_last=config["channels_last"],
+                      rank=ctx.get_world_rank(), world=ctx.get_world_size(),
+                      prepare=ray.train.torch.prepare_model)
+    out["entry"] = entry
     # Ray Train V2 keeps reported metrics only together with a checkpoint: rank 0 attaches one.
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "timing.json").write_text(json.dumps(out))
@@ -103,78 +195,218 @@ def _ray_worker(config: dict[str, Any]) -> None:
         ray.train.report(out, checkpoint=ckpt)
 
 
-def bench_ray(images: np.ndarray, labels: np.ndarray, warmup: int, steps: int,
-              workers: int = 2) -> dict[str, float]:
-    import ray
-    from ray.train import RunConfig, ScalingConfig
+def _empty_worker(config: dict[str, Any]) -> None:
+    """Returns at once; leaves its entry time in a file (no report: that would add a checkpoint)."""
+    Path(config["marks"], f"{os.getpid()}.t").write_text(repr(time.time()))
+
+
+def _fit(params: Params, worker: Callable[[dict[str, Any]], None],
+         config: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
+    """A fresh local Ray (`ray_session`), then one 2-worker TorchTrainer fit of `worker` with
+    `config()` (built inside the session: it may `ray.put`). Returns (rank 0's metrics, driver
+    wall-clock marks: init_s, put_s, fit_start, fit_end)."""
+    from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    temp = tempfile.mkdtemp(prefix="rgf-", dir="/tmp")
+    from pipeline.train.launcher import ray_session
+
+    local = params.model_copy(update={"ray": params.ray.model_copy(
+        update={"address": None, "num_workers": THREADS, "cpus_per_worker": 1})})
     storage = tempfile.mkdtemp(prefix="rgf-bench-")
+    marks: dict[str, float] = {}
     t0 = time.perf_counter()
-    ray.init(num_cpus=workers, include_dashboard=False, _temp_dir=temp, logging_level="ERROR")
-    init_s = time.perf_counter() - t0
     try:
-        fit_start = time.time()
-        trainer = TorchTrainer(
-            _ray_worker,
-            train_loop_config={"images": ray.put(images), "labels": ray.put(labels),
-                               "warmup": warmup, "steps": steps},
-            scaling_config=ScalingConfig(num_workers=workers,
-                                         resources_per_worker={"CPU": 1}),
-            run_config=RunConfig(name="bench", storage_path=storage))
-        metrics = trainer.fit().metrics
-        fit_s = time.time() - fit_start
+        with ray_session(local):
+            marks["init_s"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            loop_config = config()
+            marks["put_s"] = time.perf_counter() - t1
+            marks["fit_start"] = time.time()
+            result = TorchTrainer(
+                worker, train_loop_config=loop_config,
+                scaling_config=ScalingConfig(num_workers=THREADS, resources_per_worker={"CPU": 1}),
+                run_config=RunConfig(name="bench", storage_path=storage,
+                                     logging_config=LoggingConfig(log_level="ERROR"))).fit()
+            marks["fit_end"] = time.time()
     finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
         shutil.rmtree(storage, ignore_errors=True)
-    return {"images_per_s": metrics["images_per_s"], "ray_init_s": init_s,
-            "fit_start_to_first_step_s": metrics["first_step"] - fit_start,
-            "fit_total_s": fit_s}
+    return result.metrics or {}, marks
+
+
+def ray_run(params: Params, images: np.ndarray, labels: np.ndarray, warmup: int, steps: int,
+            channels_last: bool) -> dict[str, float]:
+    """ray: DDP training in a fresh Ray, with its start-up broken down (seconds)."""
+    import ray
+
+    metrics, m = _fit(params, _ray_worker, lambda: {
+        "params": params, "images": ray.put(images), "labels": ray.put(labels),
+        "warmup": warmup, "steps": steps, "channels_last": channels_last})
+    return {"images_per_s": metrics["images_per_s"], "ray_init_s": m["init_s"],
+            "ray_put_s": m["put_s"],
+            "fit_start_to_worker_entry_s": metrics["entry"] - m["fit_start"],
+            "worker_entry_to_first_step_s": metrics["first_step"] - metrics["entry"],
+            "fit_start_to_first_step_s": metrics["first_step"] - m["fit_start"],
+            "last_step_to_fit_end_s": m["fit_end"] - metrics["end"],
+            "fit_total_s": m["fit_end"] - m["fit_start"]}
+
+
+def empty_fit_run(params: Params) -> dict[str, float]:
+    """An empty 2-worker fit in a fresh Ray: Ray Train's floor (seconds)."""
+    marks_dir = Path(tempfile.mkdtemp(prefix="rgf-marks-"))
+    try:
+        _, m = _fit(params, _empty_worker, lambda: {"marks": str(marks_dir)})
+        entries = [float(p.read_text()) for p in marks_dir.glob("*.t")]
+    finally:
+        shutil.rmtree(marks_dir, ignore_errors=True)
+    last = max(entries)  # the fit can only train once every worker is in
+    return {"ray_init_s": m["init_s"], "empty_fit_s": m["fit_end"] - m["fit_start"],
+            "fit_start_to_workers_entry_s": last - m["fit_start"],
+            "workers_return_to_fit_end_s": m["fit_end"] - last}
+
+
+def summary(values: list[float], digits: int = 1) -> dict[str, Any]:
+    """Median with min-max and every raw value, in run order."""
+    return {"median": round(statistics.median(values), digits),
+            "min": round(min(values), digits), "max": round(max(values), digits),
+            "runs": [round(v, digits) for v in values]}
+
+
+def machine() -> dict[str, Any]:
+    import ray
+
+    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "platform": platform.platform(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "ray": ray.__version__}
+
+
+def contender_result(runs: list[dict[str, float]], flop: float, peak: float) -> dict[str, Any]:
+    """img/s and GFLOP/s (median, min-max, runs) and the median's share of the GEMM peak."""
+    ips = [r["images_per_s"] for r in runs]
+    gflops = summary([v * flop / 1e9 for v in ips])
+    return {"images_per_s": summary(ips), "gflop_per_s": gflops,
+            "fraction_of_gemm_peak": round(gflops["median"] / peak, 3)}
+
+
+def print_summary(r: dict[str, Any]) -> None:
+    def mm(s: dict[str, Any], unit: str = "") -> str:
+        return f"{s['median']}{unit} ({s['min']}-{s['max']})"
+
+    print(f"\nFLOP/image: {r['flop_per_image'] / 1e6:.1f} M (D step + G step, fwd + bwd)")
+    print(f"GEMM peak fp32 {r['gemm']['n']}^2, 2 threads: {mm(r['gemm']['gflop_per_s'])} GFLOP/s"
+          f" -> ceiling {r['gemm']['ceiling_images_per_s']:.0f} img/s")
+    for name, label in CONTENDERS.items():
+        c = r["contenders"][name]
+        print(f"{label:<40} {mm(c['images_per_s'])} img/s  {c['gflop_per_s']['median']} GFLOP/s"
+              f"  {100 * c['fraction_of_gemm_peak']:.1f} % of peak")
+    for k, v in r["ratios_of_medians"].items():
+        print(f"{k}: {v}x")
+    s = r["startup"]
+    print(f"Ray start-up: ray.init {mm(s['ray_init_s'], ' s')} + fit start -> first step "
+          f"{mm(s['fit_start_to_first_step_s'], ' s')} [-> worker entry "
+          f"{mm(s['fit_start_to_worker_entry_s'], ' s')}, entry -> first step "
+          f"{mm(s['worker_entry_to_first_step_s'], ' s')}] = {mm(s['total_s'], ' s')}")
+    print(f"Ray Train floor (empty fit, fresh Ray): ray.init {mm(s['empty_ray_init_s'], ' s')}, "
+          f"fit {mm(s['empty_fit_s'], ' s')} [start -> workers in "
+          f"{mm(s['empty_fit_start_to_workers_entry_s'], ' s')}, return -> end "
+          f"{mm(s['empty_fit_workers_return_to_end_s'], ' s')}]")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="rounds (>= 3)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--gemm-n", type=int, default=2048, help="GEMM peak: n x n fp32 mm")
+    parser.add_argument("--gemm-repeats", type=int, default=10, help="products per round")
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "prepared" / "train.npz")
     parser.add_argument("--out", type=Path,
                         default=ROOT / "benchmarks" / "results" / "train_throughput.json")
     args = parser.parse_args()
-    images, labels, source = load_data()
+    if args.repeats < 3:
+        parser.error("--repeats: at least 3 runs of each contender")
+    params = load_params(ROOT / "params.yaml")
+    images, labels, source = load_data(args.data)
+    ray_cl = params.train.channels_last
+    print(f"data: {source} {images.shape}; ray channels_last={ray_cl}", flush=True)
+    flop = flop_per_image(params, images, labels)
+    print(f"FLOP/image: {flop / 1e6:.1f} M", flush=True)
 
-    # Other processes share these 2 cores: run the plain loop before AND after Ray, record the
-    # load average, and compare against the better plain run.
-    load_before = os.getloadavg()[0]
-    torch.set_num_threads(2)
-    plain_runs = [timed_steps(images, labels, GLOBAL_BATCH, args.warmup, args.steps)]
-    print(f"plain torch 1x2 threads: {plain_runs[0]['images_per_s']:.0f} img/s", flush=True)
-    ray_ = bench_ray(images, labels, args.warmup, args.steps)
-    plain_runs.append(timed_steps(images, labels, GLOBAL_BATCH, args.warmup, args.steps))
-    print(f"plain torch 1x2 threads: {plain_runs[1]['images_per_s']:.0f} img/s", flush=True)
-    plain = max(plain_runs, key=lambda r: r["images_per_s"])
-    print(f"Ray Train DDP 2x1 thread: {ray_['images_per_s']:.0f} img/s; ray.init "
-          f"{ray_['ray_init_s']:.1f} s, fit start -> first step "
-          f"{ray_['fit_start_to_first_step_s']:.1f} s", flush=True)
+    common = (params, images, labels, args.warmup, args.steps)
+    runners = {"plain": functools.partial(plain_run, *common, channels_last=False),
+               "plain_cl": functools.partial(plain_run, *common, channels_last=True),
+               "ray": functools.partial(ray_run, *common, channels_last=ray_cl),
+               "empty_fit": functools.partial(empty_fit_run, params)}
+    # Interleaved rounds: a load spike from other processes hits every contender alike.
+    gemm: list[float] = []
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
+    order: list[dict[str, Any]] = []
+    for i in range(args.repeats):
+        gemm.append(gemm_gflops(args.gemm_n, args.gemm_repeats))
+        order.append({"contender": "gemm", "gflop_per_s": round(gemm[-1], 1)})
+        print(f"[{i + 1}/{args.repeats}] gemm: {gemm[-1]:.1f} GFLOP/s", flush=True)
+        for name, run in runners.items():
+            load = os.getloadavg()[0]
+            out = run()
+            runs[name].append(out)
+            value = out.get("images_per_s", out.get("empty_fit_s"))
+            unit = "img/s" if "images_per_s" in out else "s"
+            order.append({"contender": name, unit: round(value, 2),
+                          "load_average_1min_before": round(load, 2)})
+            print(f"[{i + 1}/{args.repeats}] {name}: {value:.1f} {unit} (load {load:.2f})",
+                  flush=True)
+
+    peak = statistics.median(gemm)
+    contenders = {name: contender_result(runs[name], flop, peak) for name in CONTENDERS}
+    med = {name: c["images_per_s"]["median"] for name, c in contenders.items()}
+    ray_, empty = runs["ray"], runs["empty_fit"]
+
+    def seconds(rs: list[dict[str, float]], key: str) -> dict[str, Any]:
+        return summary([r[key] for r in rs], 2)
+
     result = {
-        "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, "
-                   f"{os.cpu_count()} cpus)",
-        "torch": torch.__version__, "ray": __import__("ray").__version__,
-        "data": source, "image_shape": list(images.shape[1:]), "model": ModelConfig().model_dump(),
+        "machine": machine(), "command": "unshare -n sh -c 'ip link set lo up; "
+                                         ".venv/bin/python benchmarks/train_throughput.py'",
+        "data": source, "image_shape": list(images.shape[1:]),
+        "model": params.model.model_dump(), "precision": params.train.precision,
         "global_batch": GLOBAL_BATCH, "warmup_steps": args.warmup, "timed_steps": args.steps,
-        "load_average_1min_before": round(load_before, 2),
+        "repeats": args.repeats,
+        "order": "interleaved rounds: gemm, plain, plain_cl, ray, empty_fit, gemm, ...",
+        "flop_per_image": round(flop),
+        "flop_counter": "torch.utils.flop_counter.FlopCounterMode over one run_epoch step "
+                        f"(D step + G step, forward + backward) at batch {GLOBAL_BATCH}",
+        "gemm": {"n": args.gemm_n, "repeats_per_round": args.gemm_repeats, "threads": THREADS,
+                 "dtype": "float32", "gflop_per_s": summary(gemm),
+                 "ceiling_images_per_s": round(peak * 1e9 / flop, 1)},
+        "contenders": {name: {"label": CONTENDERS[name], **c} for name, c in contenders.items()},
+        "ray_channels_last": ray_cl,
+        "ratios_of_medians": {
+            "ray_over_plain": round(med["ray"] / med["plain"], 3),
+            "ray_over_plain_cl": round(med["ray"] / med["plain_cl"], 3),
+            "plain_cl_over_plain": round(med["plain_cl"] / med["plain"], 3)},
+        "startup": {
+            "ray_init_s": seconds(ray_, "ray_init_s"),
+            "ray_put_s": seconds(ray_, "ray_put_s"),
+            "fit_start_to_worker_entry_s": seconds(ray_, "fit_start_to_worker_entry_s"),
+            "worker_entry_to_first_step_s": seconds(ray_, "worker_entry_to_first_step_s"),
+            "fit_start_to_first_step_s": seconds(ray_, "fit_start_to_first_step_s"),
+            "total_s": summary([r["ray_init_s"] + r["ray_put_s"] + r["fit_start_to_first_step_s"]
+                                for r in ray_], 2),
+            "last_step_to_fit_end_s": seconds(ray_, "last_step_to_fit_end_s"),
+            "fit_total_s": seconds(ray_, "fit_total_s"),
+            "empty_ray_init_s": seconds(empty, "ray_init_s"),
+            "empty_fit_s": seconds(empty, "empty_fit_s"),
+            "empty_fit_start_to_workers_entry_s": seconds(empty, "fit_start_to_workers_entry_s"),
+            "empty_fit_workers_return_to_end_s": seconds(empty, "workers_return_to_fit_end_s"),
+            "explanation": "total_s = ray.init + ray.put + fit() start -> first step; the empty "
+                           "fit (fresh Ray, a worker that returns at once) is Ray Train's floor: "
+                           "start -> every worker in, then worker return -> fit() returns"},
+        "runs_in_order": order,
         "load_average_1min_after": round(os.getloadavg()[0], 2),
-        "plain_2_threads_runs_images_per_s": [round(r["images_per_s"], 1) for r in plain_runs],
-        "plain_2_threads_images_per_s": round(plain["images_per_s"], 1),
-        "ray_2x1_images_per_s": round(ray_["images_per_s"], 1),
-        "ray_over_plain": round(ray_["images_per_s"] / plain["images_per_s"], 3),
-        "ray_init_s": round(ray_["ray_init_s"], 2),
-        "ray_fit_start_to_first_step_s": round(ray_["fit_start_to_first_step_s"], 2),
-        "ray_fit_total_s": round(ray_["fit_total_s"], 2),
-        "ray_startup_s": round(ray_["ray_init_s"] + ray_["fit_start_to_first_step_s"], 2),
     }
     write_json(args.out, result)
-    print(json.dumps(result, indent=2))
+    print_summary(result)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
