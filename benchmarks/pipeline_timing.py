@@ -52,7 +52,7 @@ def main() -> None:
     total = time.monotonic() - start
     if proc.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} exited {proc.returncode}; nothing written")
-    ends = [t for _, t in marks[1:]] + [total]
+    ends = [t for _, t in marks[1:]] + ([total] if marks else [])  # a no-op runs no stage
     stages = {name: round(end - begin, 1) for (name, begin), end in zip(marks, ends, strict=True)}
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
