@@ -26,13 +26,14 @@ NETNS_CMD := $(shell if unshare -n true 2>/dev/null; then echo "unshare -n"; \
 IN_NETNS  = $(NETNS_CMD) sh -c 'ip link set lo up && exec "$$0" "$$@"'
 ENV_RUN   = env PATH="$(abspath $(VENV))/bin:$$PATH" PYTHONUNBUFFERED=1
 
-.PHONY: help setup data run browser test test-fast lint submit ui
+.PHONY: help setup data run browser test test-fast lint submit ui compare
 help:
 	@echo "make setup [TORCH=cuda] create .venv from the locks: CPU torch, or TORCH=cuda for the CUDA 13.0"
 	@echo "                     build (NVIDIA driver >= 580); the venv remembers the choice"
 	@echo "make run [NETNS=1]   set up and run the whole pipeline (dvc repro)"
 	@echo "make test            set up and run the tests (inside a network namespace when possible)"
 	@echo "make ui              serve the MLflow UI for this repo's runs on 127.0.0.1:$(UI_PORT)"
+	@echo "make compare         key metrics of the workspace and each DVC experiment, one table"
 	@echo "make submit          send the train stage to a Ray cluster (RAY_ADDRESS=http://head:8265)"
 
 $(STAMP): $(LOCKS) pyproject.toml
@@ -90,3 +91,8 @@ ui: setup
 	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning"
 	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
 	  --backend-store-uri sqlite:///$(abspath mlflow.db) --artifacts-destination $(abspath mlartifacts)
+
+# `dvc exp show` lists ~30 changed columns for two experiments; this prints the key metrics and
+# the params that differ, one row per run (pipeline/compare.py).
+compare: setup
+	@$(ENV_RUN) $(PY) -m pipeline.compare

@@ -3,8 +3,10 @@
     python stages/prepare.py --raw data/raw --out data/prepared --metrics metrics/data.json
 
 Each .npz holds `images` uint8 (N, H, W, C), `labels` int64, `class_names`; read them with
-`pipeline.data.arrays.load_split`. metrics/data.json gets the counts, class histograms and the
-train pixel mean/std. Outputs are replaced atomically: a failure keeps the previous ones.
+`pipeline.data.arrays.load_split`. metrics/data.json, the data report, gets the counts, class
+histograms and the train pixel mean/std; dvc.yaml declares it a plain out, not a metric, so
+`dvc exp show` compares results, not dataset counts. Outputs are replaced atomically: a failure
+keeps the previous ones.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw", type=Path, required=True, help="directory written by fetch")
     parser.add_argument("--out", type=Path, required=True, help="prepared directory to write")
-    parser.add_argument("--metrics", type=Path, required=True, help="data metrics JSON")
+    parser.add_argument("--metrics", type=Path, required=True,
+                        help="data report JSON (counts, class histograms)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
 

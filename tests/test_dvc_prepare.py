@@ -46,6 +46,10 @@ def test_dvc_repro_prepare_on_digits(tmp_path):
     assert metrics["counts"] == {s: len(v.labels) for s, v in splits.items()} | {"total": 1797}
     assert np.array_equal(np.unique(splits["train"].labels), np.arange(10))
     assert (repo / "dvc.lock").is_file()
+    # The data report is a plain out: `dvc metrics show` / `dvc exp show` leave it out.
+    shown = subprocess.run([str(BIN / "dvc"), "metrics", "show", "--json"], cwd=repo, env=env,
+                           capture_output=True, text=True, check=True).stdout
+    assert "data.json" not in shown and "class_counts" not in shown, shown
 
     second = repro()
     assert "Running stage" not in second

@@ -5,7 +5,8 @@
 Reads the raw IDX files with our reader (pipeline.data.idx), checks them against manifest.json
 (sha256, counts, label range, shapes), resizes to data.image_size when the raw size differs,
 holds out data.val_fraction of train (seeded), and replaces `out/` with {train,val,test}.npz
-atomically. Returns the metrics the stage writes to metrics/data.json.
+atomically. Returns the data report the stage writes to metrics/data.json (a plain DVC out,
+not a metric: dataset counts are not what experiments compare).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def split_stats(images: np.ndarray) -> tuple[float, float]:
 
 def prepare_dataset(raw: str | os.PathLike[str], out: str | os.PathLike[str], data: DataConfig,
                     seed: int) -> dict[str, Any]:
-    """Validate `raw`, write `out`/{train,val,test}.npz atomically, return the data metrics."""
+    """Validate `raw`, write `out`/{train,val,test}.npz atomically, return the data report."""
     raw, out = Path(raw), Path(out)
     manifest = read_manifest(raw)
     names: list[str] = manifest["class_names"]
