@@ -1,12 +1,14 @@
 """`gan-forensics`: the command line over the same functions the DVC stages call.
 
-    gan-forensics fid A B [--features domain|inception] [--n N] [--json]
-    gan-forensics detect IMAGE_OR_FOLDER [--model models/detector.pt] [--json]
+    gan-forensics fid A B [--features domain|inception] [--n N] [--floor-ref REAL] [--json]
+    gan-forensics detect IMAGE_OR_FOLDER [--model models/detector.pt] [--resize] [--json]
     gan-forensics sample [--generator models/generator.pt] [--n 64] [--out samples.png]
     gan-forensics submit [--address http://HEAD:8265]
     gan-forensics run-url
 
-A and B are `.npz` files as the stages write them (`images` uint8 NHWC) or image folders.
+A and B are `.npz` files as the stages write them (`images` uint8 NHWC), image files or image
+folders. Every mistake is one line `error: ...` and exit code 1 (a bad flag: exit code 2 and the
+subcommand's usage); caveats are `warning: ...` lines on stderr, never a Python warning dump.
 This is the only module that parses argv.
 """
 
@@ -16,59 +18,157 @@ import argparse
 import json
 import os
 import sys
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.errors import UserError, run_cli
 
 EPILOG = """examples:
   gan-forensics fid data/generated/eval.npz data/prepared/test.npz --n 5000
-  gan-forensics fid fakes/ reals/ --features inception --n 200 --json
+  gan-forensics fid fakes/ reals/ --features inception --n 2048 --floor-ref more_reals/
   gan-forensics detect suspicious.png
   RAY_ADDRESS=http://127.0.0.1:8265 gan-forensics submit
 """
+DETECTOR, FEATURENET, GENERATOR = ("models/detector.pt", "models/featurenet.pt",
+                                   "models/generator.pt")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless it already says it ("default: ...")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.nargs == 0:  # an on/off flag
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        return f"{text} (default: %(default)s)"
+
+
+class _TopFormatter(argparse.RawDescriptionHelpFormatter, _Formatter):
+    """The top-level help: the examples epilog kept as written."""
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an unknown flag is reported with THIS subcommand's usage (plain
+    argparse hands it up to the top-level parser, whose usage lists only the commands)."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _user_file(path: str, default: str, what: str) -> Path:
+    """A path the user gave must exist. A missing default is a pipeline output that is not
+    made yet: its loader's message says which `dvc repro` stage makes it."""
+    if path != default and not Path(path).exists():
+        raise UserError(f"{path}: no such file ({what})")
+    return Path(path)
 
 
 def _cmd_fid(args: argparse.Namespace) -> None:
     from pipeline.data.arrays import load_images_any
+
+    a, b = load_images_any(args.a), load_images_any(args.b)  # bad files fail before torch loads
+    extra = load_images_any(args.floor_ref) if args.floor_ref else None
+    featurenet = (_user_file(args.featurenet, FEATURENET, "--featurenet, a FeatureNet "
+                             "checkpoint") if args.features == "domain" else None)
     from pipeline.metrics.evaluate import compute_fid
 
-    a, b = load_images_any(Path(args.a)), load_images_any(Path(args.b))
-    result = compute_fid(a, b, features=args.features, n=args.n,
-                         featurenet_path=Path(args.featurenet), seed=args.seed)
+    result = compute_fid(a, b, features=args.features, n=args.n, featurenet_path=featurenet,
+                         seed=args.seed, floor=not args.no_floor, floor_images=extra,
+                         names=(args.a, args.b, args.floor_ref or "--floor-ref"))
+    for line in result["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            if key == "kid_std" and value is None:  # one subset, the whole set: no spread
-                value = f"n/a (n={result['n']} <= the KID subset size)"
-            print(f"{key:>16}  {value:.4f}" if isinstance(value, float) else f"{key:>16}  {value}")
+        return
+    whole = f"n/a (n={result['n']} <= the KID subset size)"  # one subset, the whole set
+    rows = [("name", result["name"]),
+            ("features", f"{result['features']} ({result['feature_dim']} dims)"),
+            ("n", result["n"]), ("fid", result["fid"]),
+            ("fid_floor", result["fid_floor"]), ("kid_mean", result["kid_mean"]),
+            ("kid_std", whole if result["kid_std"] is None else result["kid_std"])]
+    if result["floor"]:
+        rows += [("kid_floor_mean", result["kid_floor_mean"]),
+                 ("kid_floor_std", whole if result["kid_floor_std"] is None
+                  else result["kid_floor_std"]),
+                 ("floor", f"real vs real: {result['floor']}")]
+    for key, value in rows:
+        if value is None:
+            value = "n/a (--no-floor)" if args.no_floor else "n/a (no floor; see the warning)"
+        elif isinstance(value, float):
+            value = f"{value:.4f}" + ("  (negative: no measurable difference, read as 0)"
+                                      if key.startswith("kid") and value < 0 else "")
+        print(f"{key:>16}  {value}")
 
 
 def _cmd_detect(args: argparse.Namespace) -> None:
-    from pipeline.data.arrays import load_images_any
-    from pipeline.data.images import list_image_files
-    from pipeline.detect import score_images
+    from pipeline.data.arrays import check_user_path, describe_shape, load_for_model
 
-    target = Path(args.target)
-    images = load_images_any(target)
-    scores = score_images(Path(args.model), images)
-    names = ([str(p.relative_to(target)) for p in list_image_files(target)]
-             if target.is_dir() else
-             [target.name] if len(scores) == 1 else
-             [f"{target.name}[{i}]" for i in range(len(scores))])
-    rows = [{"image": name, "p_fake": round(float(s), 4), "verdict": "fake" if s >= 0.5
-             else "real"} for name, s in zip(names, scores, strict=False)]
+    check_user_path(args.target)  # a missing or wrong file fails before torch loads
+    detector = _user_file(args.model, DETECTOR, "--model, a detector checkpoint")
+    from pipeline.detect import load_detector, predict
+
+    model, meta = load_detector(detector)
+    c, h, w = meta["image_shape"]
+    got = load_for_model(args.target, (h, w, c), "the detector", resize=args.resize)
+    if got.outside:  # refuse rather than give a confident verdict on what it never saw
+        trained, k = describe_shape(h, w, c), len(got.outside)
+        (where, own), total = got.outside[0], k + len(got.names)
+        which = (f"{where}: {own} is" if total == 1 else
+                 f"{k} of {total} images {'is' if k == 1 else 'are'}")
+        first = "" if total == 1 else f", first {where} ({own})"
+        raise UserError(f"{which} outside what the detector was trained on ({trained}){first}; "
+                        f"no verdict: pass --resize to score {'it' if k == 1 else 'them'} "
+                        "anyway, flagged as outside the training distribution")
+    scores = predict(model, got.images)
+    rows = [{"image": name, "p_fake": round(float(s), 4),
+             "verdict": "fake" if s >= 0.5 else "real", "in_distribution": note is None,
+             "note": note} for name, s, note in zip(got.names, scores, got.notes, strict=True)]
     if args.json:
         print(json.dumps(rows))
-    else:
-        for row in rows:
-            print(f"{row['p_fake']:.4f}  {row['verdict']:<4}  {row['image']}")
+        return
+    for row in rows:
+        note = f"  [{row['note']}]" if row["note"] else ""
+        print(f"{row['p_fake']:.4f}  {row['verdict']:<4}  {row['image']}{note}")
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
     from pipeline.generate import sample_grid
 
-    sample_grid(Path(args.generator), n=args.n, seed=args.seed, out=Path(args.out))
+    generator = _user_file(args.generator, GENERATOR, "--generator, a generator checkpoint")
+    sample_grid(generator, n=args.n, seed=args.seed, out=Path(args.out))
     print(f"wrote {args.out}")
 
 
@@ -89,61 +189,111 @@ def _cmd_submit(args: argparse.Namespace) -> None:
 
 
 def _cmd_run_url(args: argparse.Namespace) -> None:
-    info = json.loads(Path(args.run).read_text()) if Path(args.run).is_file() else None
-    if not info:
-        raise UserError(f"{args.run}: not found; run the train stage first")
+    if not Path(args.run).is_file():
+        raise UserError(f"{args.run}: not found; run the train stage first (dvc repro train)"
+                        if args.run == "models/run.json" else f"{args.run}: no such file")
+    info = json.loads(Path(args.run).read_text())
     print(info["ui"])
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gan-forensics", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="gan-forensics", formatter_class=_TopFormatter,
         description="Train GANs with Ray Train, measure them (FID/KID/precision-recall) and "
         "catch their fakes. The DVC pipeline (`dvc repro`) runs the stages; these commands "
         "reuse the same functions on your own files.", epilog=EPILOG)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_SubcommandParser)
 
-    fid = sub.add_parser("fid", help="FID and KID between two image sets (.npz or folders)")
-    fid.add_argument("a", help=".npz with `images` (uint8 NHWC) or a folder of images "
-                     "(PNG, JPEG, WebP, BMP, TIFF, ...)")
-    fid.add_argument("b", help="the second set, same form")
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description,
+                              formatter_class=_Formatter)
+
+    fid = command("fid", "FID and KID of images A against real images B, beside the "
+                  "real-vs-real floor", "FID and KID of A (e.g. generated images) against the "
+                  "real images B, printed beside the real-vs-real floor at the same N: the FID "
+                  "of two disjoint real samples (from B, or B plus --floor-ref). FID depends on "
+                  "N, so compare numbers only at one N, each against its floor. A warning "
+                  "marks N below the feature dimension (2048 for Inception, 4 x width for the "
+                  "domain features: 128 with the default FeatureNet).")
+    fid.add_argument("a", metavar="A", help="the images to judge: an .npz with `images` "
+                     "(uint8 NHWC), an image file or a folder of images (PNG, JPEG, WebP, BMP, "
+                     "TIFF, GIF, AVIF)")
+    fid.add_argument("b", metavar="B", help="the real reference images, same forms; the "
+                     "floor's two real samples are drawn from it")
     fid.add_argument("--features", choices=["domain", "inception"], default="domain",
-                     help="domain = the featurenet stage's CNN; inception = TF-Inception-v3")
-    fid.add_argument("--n", type=int, default=None,
-                     help="images per set (default: all of the smaller set); never silently less")
-    fid.add_argument("--featurenet", default="models/featurenet.pt")
-    fid.add_argument("--seed", type=int, default=0)
-    fid.add_argument("--json", action="store_true", help="print one JSON object")
+                     help="domain = the featurenet stage's CNN (images of its training size); "
+                     "inception = TF-Inception-v3 (any size from 16 px)")
+    fid.add_argument("--n", type=_at_least(2), default=None,
+                     help="images per set (default: all of A, up to half of the real images "
+                     "so the floor has its second sample); a larger N than a set has is an "
+                     "error, never silently less")
+    fid.add_argument("--floor-ref", default=None, metavar="REAL",
+                     help="more real images, disjoint from B, to complete the floor's second "
+                     "sample when B has fewer than 2N (default: none, B only)")
+    fid.add_argument("--no-floor", action="store_true",
+                     help="skip the real-vs-real floor (a third less feature extraction)")
+    fid.add_argument("--featurenet", default=FEATURENET,
+                     help="the domain feature net checkpoint (made by `dvc repro featurenet`)")
+    fid.add_argument("--seed", type=int, default=0, help="seed of the sample draws and KID "
+                     "subsets")
+    fid.add_argument("--json", action="store_true", help="print one JSON object (with "
+                     "`warnings`) instead of the table")
     fid.set_defaults(func=_cmd_fid)
 
-    det = sub.add_parser("detect", help="score images with the trained forgery detector")
-    det.add_argument("target", help="an image file, a folder of images, or an .npz")
-    det.add_argument("--model", default="models/detector.pt")
-    det.add_argument("--json", action="store_true")
+    det = command("detect", "score images with the trained forgery detector",
+                  "P(fake) of each image from the detector. An image of another size or "
+                  "channel count than the detector's training images gets no verdict unless "
+                  "--resize is given, and then its score is flagged as outside the training "
+                  "distribution; an image smaller than them is always refused.")
+    det.add_argument("target", help="an image file, a folder of images, or an .npz with "
+                     "`images`")
+    det.add_argument("--model", default=DETECTOR,
+                     help="the detector checkpoint (made by `dvc repro detect`)")
+    det.add_argument("--resize", action="store_true",
+                     help="score images of another size/channels anyway: shrink and centre-crop "
+                     "them to the training size, flagged `in_distribution: false`")
+    det.add_argument("--json", action="store_true", help="print a JSON list of {image, p_fake, "
+                     "verdict, in_distribution, note}")
     det.set_defaults(func=_cmd_detect)
 
-    smp = sub.add_parser("sample", help="write a grid of generated images")
-    smp.add_argument("--generator", default="models/generator.pt")
-    smp.add_argument("--n", type=int, default=64)
-    smp.add_argument("--seed", type=int, default=0)
-    smp.add_argument("--out", default="samples.png")
+    smp = command("sample", "write a grid of generated images",
+                  "Sample the generator and write one PNG grid.")
+    smp.add_argument("--generator", default=GENERATOR,
+                     help="the generator checkpoint (made by `dvc repro train`)")
+    smp.add_argument("--n", type=_at_least(1), default=64, help="images in the grid")
+    smp.add_argument("--seed", type=int, default=0, help="seed of the latent draws")
+    smp.add_argument("--out", default="samples.png", help="PNG file to write")
     smp.set_defaults(func=_cmd_sample)
 
-    sbm = sub.add_parser("submit", help="run the train stage on a Ray cluster (make submit)")
-    sbm.add_argument("--address", help="Ray dashboard address (default: $RAY_ADDRESS)")
-    sbm.add_argument("--data", default="data/prepared/train.npz")
-    sbm.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the job")
+    sbm = command("submit", "run the train stage on a Ray cluster (make submit)",
+                  "Submit the train stage as a Ray job and pull its outputs back.")
+    sbm.add_argument("--address", default=None, help="Ray dashboard address (default: "
+                     "$RAY_ADDRESS, then params.yaml ray.address)")
+    sbm.add_argument("--data", default="data/prepared/train.npz", help="the prepared "
+                     "training set to ship")
+    sbm.add_argument("--timeout", type=_positive_seconds, default=3600.0,
+                     help="seconds to wait for the job")
     sbm.set_defaults(func=_cmd_submit)
 
-    url = sub.add_parser("run-url", help="print the MLflow UI link of the current model's run")
-    url.add_argument("--run", default="models/run.json")
+    url = command("run-url", "print the MLflow UI link of the current model's run",
+                  "Print the MLflow UI link recorded by the train stage.")
+    url.add_argument("--run", default="models/run.json", help="the train stage's run record")
     url.set_defaults(func=_cmd_run_url)
     return parser
 
 
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """Library warnings as one `warning: ...` line, not Python's source-line dump."""
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    run_cli(lambda: args.func(args))
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        run_cli(lambda: args.func(args))
 
 
 if __name__ == "__main__":

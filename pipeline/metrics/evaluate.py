@@ -53,21 +53,31 @@ def inception_available() -> bool:
     return True
 
 
+def disjoint_samples(real: np.ndarray, extra: np.ndarray | None, n: int, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """The floor protocol: (reference, floor, floor_uses_extra). reference = the first n of a
+    seeded permutation of `real`; floor = the next n, topped up from `extra` (more real images)
+    when `real` has fewer than 2n; floor None when even both are too few. Needs len(real) >= n."""
+    order = np.random.default_rng(seed).permutation(len(real))
+    reference, rest = real[order[:n]], real[order[n:]]
+    uses_extra = len(rest) < n
+    if uses_extra:
+        rest = np.concatenate([rest, extra]) if extra is not None else rest
+    return reference, (rest[:n] if len(rest) >= n else None), uses_extra
+
+
 def real_subsets(train: np.ndarray, val: np.ndarray | None, n: int, seed: int,
                  where: str) -> tuple[np.ndarray, np.ndarray, bool]:
     """(reference, floor, floor_uses_val): two disjoint real sets of exactly n images."""
-    order = np.random.default_rng(seed).permutation(len(train))
     if len(train) < n:
         raise UserError(f"{where}/train.npz: {len(train)} images, fewer than N={n}; lower "
                         "evaluate.num_samples (or evaluate.inception.*num_samples)")
-    reference, rest = train[order[:n]], train[order[n:]]
-    uses_val = len(rest) < n
-    if uses_val:
-        rest = np.concatenate([rest, val]) if val is not None else rest
-    if len(rest) < n:
-        raise UserError(f"{where}: train+val have {n + len(rest)} images, the real-vs-real "
+    reference, floor, uses_val = disjoint_samples(train, val, n, seed)
+    if floor is None:
+        total = len(train) + (len(val) if val is not None else 0)
+        raise UserError(f"{where}: train+val have {total} images, the real-vs-real "
                         f"floor needs 2N={2 * n}; lower evaluate.num_samples")
-    return reference, rest[:n], uses_val
+    return reference, floor, uses_val
 
 
 def space_metrics(ex: Extractor, reference: np.ndarray, floor: np.ndarray, fake: np.ndarray,
@@ -133,37 +143,118 @@ def evaluate_quality(real_dir: str | os.PathLike[str], fake_path: str | os.PathL
     return out
 
 
+# Images under this side are refused for Inception: upscaled > 18x to 299 px, they are blur.
+MIN_INCEPTION_SIDE = 16
+
+
+def _check_size(images: np.ndarray, where: str, ex: Extractor | None,
+                featurenet_path: str | os.PathLike[str] | None) -> None:
+    """Raise unless `images` fit the domain extractor `ex` (its training shape) or, ex None,
+    Inception (at least MIN_INCEPTION_SIDE a side)."""
+    from pipeline.data.arrays import describe_shape
+
+    own = describe_shape(*images.shape[1:])
+    if ex is not None and ex.image_shape is not None \
+            and tuple(images.shape[1:]) != tuple(ex.image_shape):
+        raise UserError(f"{where}: images are {own}, the domain feature net ({featurenet_path}) "
+                        f"was trained on {describe_shape(*ex.image_shape)}; resize them to "
+                        "that, or use the inception features")
+    if ex is None and min(images.shape[1:3]) < MIN_INCEPTION_SIDE:
+        raise UserError(f"{where}: images are {own}, too small for Inception features (under "
+                        f"{MIN_INCEPTION_SIDE} px a side they are upscaled over 18x to 299 px)")
+
+
+def default_fid_n(n_a: int, n_b: int, n_extra: int = 0, floor: bool = True) -> int:
+    """N when none is given: all of A, as much as B allows, and, with floor=True, small enough
+    that B (plus the extra real images) leaves a disjoint second real sample of N for the floor
+    (unless that would be under 2)."""
+    n = min(n_a, n_b)
+    with_floor = min(n, (n_b + n_extra) // 2)
+    return with_floor if floor and with_floor >= 2 else n
+
+
 def compute_fid(a_images: np.ndarray, b_images: np.ndarray, features: str = "domain",
                 n: int | None = None, featurenet_path: str | os.PathLike[str] | None = None,
-                device: str = "auto", batch_size: int = 500, seed: int = 0) -> dict[str, Any]:
-    """FID between two uint8 NHWC image sets (for `gan-forensics fid A B`).
+                device: str = "auto", batch_size: int = 500, seed: int = 0,
+                floor: bool = True, floor_images: np.ndarray | None = None,
+                names: tuple[str, str, str] = ("A", "B", "floor reference")) -> dict[str, Any]:
+    """FID and KID of images A against real images B (for `gan-forensics fid A B`), beside
+    the real-vs-real floor at the same N.
 
-    Uses n images of each (first n of a seeded permutation; None = the smaller set's size).
-    Returns {"name": "fid_domain_10k", "fid", "kid_mean", "kid_std" (100 subsets of
-    min(1000, n); None when n <= 1000: the one subset is the whole set), "n", "features"}.
+    The evaluate stage's protocol at sample size n (None: `default_fid_n`): A's n images are
+    the first n of a seeded permutation; B's reference and floor samples come from
+    `disjoint_samples` (B, topped up by `floor_images` when B has fewer than 2n); FID and KID
+    are the metric registry's (KID: 100 subsets of min(1000, n); its std None when the one
+    subset is the whole set). Without enough real images for a floor, the floor values are None
+    and a warning says so. `names` label A, B and floor_images in messages.
+
+    Returns {"name": "fid_domain_10k", "fid", "kid_mean", "kid_std", "n", "features",
+    "feature_dim", "fid_floor", "kid_floor_mean", "kid_floor_std", "floor" (where the floor
+    sample came from, or None), "warnings" (one-line caveats: N below the feature dimension,
+    no floor, a negative KID)}.
     """
-    from pipeline.metrics.frechet import fid_from_features
-    from pipeline.metrics.kid import kid
+    from pipeline.data.arrays import describe_shape
 
     if features not in ("domain", "inception"):
         raise UserError(f"features: must be 'domain' or 'inception', got {features!r}")
-    n = min(len(a_images), len(b_images)) if n is None else n
-    for label, imgs in (("A", a_images), ("B", b_images)):
-        if len(imgs) < max(n, 2):
-            raise UserError(f"{label}: {len(imgs)} images, fewer than n={max(n, 2)}")
-    if a_images.shape[1:] != b_images.shape[1:]:
-        raise UserError(f"image shapes differ: A {a_images.shape[1:]} vs B {b_images.shape[1:]}")
+    a_name, b_name, extra_name = names
+    extra_len = len(floor_images) if floor and floor_images is not None else 0
+    n = default_fid_n(len(a_images), len(b_images), extra_len, floor) if n is None else n
+    if n < 2:
+        raise UserError(f"n: must be at least 2 (FID needs a covariance), got {n}")
+    for label, imgs in ((a_name, a_images), (b_name, b_images)):
+        if len(imgs) < n:
+            raise UserError(f"{label}: {len(imgs)} images, fewer than n={n}")
+    for label, imgs in ((a_name, a_images), (extra_name, floor_images)):
+        if imgs is not None and imgs.shape[1:] != b_images.shape[1:]:
+            raise UserError(f"{label}: images are {describe_shape(*imgs.shape[1:])}, {b_name} "
+                            f"{describe_shape(*b_images.shape[1:])}; FID compares sets of one "
+                            "image size")
     dev = resolve_device(device)
     if features == "domain":
         if featurenet_path is None:
             raise UserError("domain features need featurenet_path (models/featurenet.pt)")
         ex = domain_extractor(featurenet_path, dev)
+        _check_size(b_images, b_name, ex, featurenet_path)
     else:
+        _check_size(b_images, b_name, None, None)  # before loading the weights
         ex = inception_extractor(dev)
-    rng = np.random.default_rng(seed)
-    picked = [imgs[rng.permutation(len(imgs))[:n]] for imgs in (a_images, b_images)]
-    fa, fb = (extract(p, ex, batch_size, f"{features} features {s}", where=s)
-              for p, s in zip(picked, "AB", strict=True))
-    kid_mean, kid_std = kid(fa, fb, subsets=100, subset_size=min(1000, n), seed=seed)
-    return {"name": metric_key("fid", features, n), "fid": fid_from_features(fa, fb),
-            "kid_mean": kid_mean, "kid_std": kid_std, "n": n, "features": features}
+
+    picked = a_images[np.random.default_rng(seed).permutation(len(a_images))[:n]]
+    reference, floor_set, uses_extra = disjoint_samples(
+        b_images, floor_images if floor else None, n, seed)
+    fa = extract(picked, ex, batch_size, f"{features} features A", where=a_name)
+    fr = extract(reference, ex, batch_size, f"{features} features B", where=b_name)
+    opts = MetricOptions(seed=seed)  # the evaluate stage's KID subsets and size
+    out: dict[str, Any] = {"name": metric_key("fid", features, n), "n": n,
+                           "features": features, "feature_dim": int(fa.shape[1]),
+                           **METRICS["fid"](fr, fa, opts), **METRICS["kid"](fr, fa, opts)}
+    out.update(fid_floor=None, kid_floor_mean=None, kid_floor_std=None, floor=None)
+    caveats: list[str] = []
+    if floor_set is not None:
+        ff = extract(floor_set, ex, batch_size, f"{features} features floor",
+                     where=extra_name if uses_extra else b_name)
+        floor_fid, floor_kid = METRICS["fid"](fr, ff, opts), METRICS["kid"](fr, ff, opts)
+        out.update(fid_floor=floor_fid["fid"], kid_floor_mean=floor_kid["kid_mean"],
+                   kid_floor_std=floor_kid["kid_std"],
+                   floor=f"two disjoint samples of {n} from {b_name}"
+                   + (f" + {extra_name}" if uses_extra else ""))
+    elif floor:
+        have = len(b_images) + extra_len
+        lower = f"lower --n to {have // 2} or " if have // 2 >= 2 else ""
+        caveats.append(f"no real-vs-real floor: {b_name}{f' + {extra_name}' if extra_len else ''}"
+                       f" has {have} images and a floor needs 2N={2 * n} (two disjoint real "
+                       f"samples of {n}); {lower}add real images with --floor-ref")
+    if n < out["feature_dim"]:
+        caveats.append(f"N={n} is below the {out['feature_dim']} feature dimensions: the "
+                       "covariance FID uses is rank-deficient and small-sample bias dominates "
+                       f"(use N >= {out['feature_dim']}); compare only FIDs at the same N, "
+                       "beside their floor")
+    negative = [f"{key} {out[key]:.3g}" for key in ("kid_mean", "kid_floor_mean")
+                if out[key] is not None and out[key] < 0]
+    if negative:
+        caveats.append(f"negative KID ({', '.join(negative)}): KID is an unbiased estimate of "
+                       "a squared distance, so sampling noise at this N can push it below 0; "
+                       "it means no difference was measurable, read it as 0")
+    out["warnings"] = caveats
+    return out
