@@ -4,6 +4,15 @@ One MLflow run per trained model. `train` opens it (`Tracker.start`) and writes 
 `models/run.json`; `generate`, `evaluate` and `detect` reopen it (`Tracker.reopen`) and add
 their metrics and artifacts. Everything goes through `MlflowClient` with an explicit run id,
 so the driver and Ray's rank-0 worker can log to the same run without a global "active run".
+What the run page shows (metric names and sections, tags, the description) is decided in
+`pipeline.run_page`; params are logged as YAML (`null`, `true`, `[color, translation]`).
+
+The run is named after the DVC experiment inside `dvc exp run` (`$DVC_EXP_NAME`), else after
+the Ray run; the tag `ray.run_name` always holds the Ray run (what `Tracker.find` looks for).
+The generator is registered under `mlflow.registered_model`; every version is tagged with its
+git commit and DVC experiment, and only a version trained by the default profile on `main`
+takes the alias `champion` (`pipeline.provenance.champion_blocker`): load the model users
+should get as `models:/<name>@champion` (`champion_uri`), never "the latest version".
 
 If the server disappears mid-run, logging calls do not crash the stage: each failure is recorded
 in `Tracker.lost`, the stage still writes its files, and `Tracker.close()` then raises one
@@ -24,8 +33,17 @@ from typing import Any
 from pipeline.config import MlflowConfig
 from pipeline.errors import UserError
 from pipeline.io import write_json
+from pipeline.provenance import exp_name
+from pipeline.run_page import (
+    NOTE_TAG,
+    SAMPLES_DIR,
+    Summary,
+    compose_note,
+    epoch_metrics,
+)
 
 UI_VIEW = "?workflowType=machine_learning"  # MLflow 3.17 UI otherwise opens its GenAI view
+CHAMPION = "champion"  # the registry alias of the default pipeline's generator
 
 # MLflow's HTTP client retries a dead server for minutes by default; a stage should notice in
 # seconds and carry on writing its files (users can still raise these in the environment).
@@ -60,6 +78,19 @@ def ensure_reachable(uri: str, timeout: float = 5.0) -> None:
     )
 
 
+def yaml_value(value: Any) -> str:
+    """A param value as YAML writes it: `null`, `true`, `0.001`, `[color, translation]`."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20, sort_keys=False)
+    return text.removesuffix("\n...\n").strip()
+
+
+def champion_uri(registered_model: str) -> str:
+    """The model URI users load: `models:/<name>@champion` (see the module docstring)."""
+    return f"models:/{registered_model}@{CHAMPION}"
+
+
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
     """The UI link of a run, opening MLflow's model-training view."""
     base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
@@ -88,7 +119,8 @@ class Tracker:
         params: Mapping[str, Any],
         tags: Mapping[str, str] | None = None,
     ) -> Tracker:
-        """Create the model's run in `cfg.experiment` and log its flattened params."""
+        """Create the model's run in `cfg.experiment` and log its flattened params as YAML.
+        Inside `dvc exp run` the run is named after the experiment (`$DVC_EXP_NAME`)."""
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
@@ -102,9 +134,10 @@ class Tracker:
                      ).as_uri() if uri.startswith("sqlite:///") else None
         exp_id = exp.experiment_id if exp else client.create_experiment(
             cfg.experiment, artifact_location=artifacts)
+        run_name = exp_name() or run_name  # $DVC_EXP_NAME: set by every `dvc exp run`
         run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
         tracker = cls(uri, run.info.run_id, exp_id)
-        batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        batch = [Param(k, yaml_value(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(batch), 100):
             tracker._call("params", client.log_batch, run.info.run_id, params=batch[i : i + 100])
         return tracker
@@ -179,6 +212,36 @@ class Tracker:
         self._call(f"metrics {','.join(metrics)}", self.client.log_batch, self.run_id,
                    metrics=batch)
 
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        if batch:
+            self._call(f"tags {','.join(tags)}", self.client.log_batch, self.run_id, tags=batch)
+
+    def log_epoch(self, row: Mapping[str, Any], epoch: int,
+                  grid: str | os.PathLike[str] | None = None) -> None:
+        """One epoch (rank 0): its log row as `curves/` metrics at step=epoch, its sample grid
+        under `samples/`. (Not as an `mlflow.log_image` chart: MLflow 3.17's image card lists
+        every param of the run above the image, and with ours the image gets no room.)"""
+        self.log_metrics(epoch_metrics(row), step=epoch)
+        if grid is not None:
+            self.log_artifact(grid, SAMPLES_DIR)
+
+    def log_summary(self, summary: Summary) -> None:
+        """A stage's results: its metrics and tags, and its part of the run description."""
+        self.log_metrics(summary.metrics)
+        self.set_tags(summary.tags)
+
+        def describe() -> None:
+            data = self.client.get_run(self.run_id).data
+            note = compose_note(data.tags.get(NOTE_TAG, ""), summary.part, summary.markdown,
+                                data.metrics, data.tags)
+            self.client.set_tag(self.run_id, NOTE_TAG, note)
+
+        if summary.part:
+            self._call(f"description ({summary.part})", describe)
+
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         self._call(f"artifact {Path(path).name}", self.client.log_artifact, self.run_id,
                    str(path), artifact_path)
@@ -220,6 +283,17 @@ class Tracker:
             return str(version) if version is not None else None
 
         return self._call(f"model {name}", log)
+
+    def label_version(self, name: str, version: str, tags: Mapping[str, str],
+                      champion: bool) -> None:
+        """Tag a registered version (git commit, DVC experiment); give it the `champion` alias
+        when it is the default pipeline's (the caller decides: `provenance.champion_blocker`)."""
+        for key, value in tags.items():
+            self._call(f"model version tag {key}", self.client.set_model_version_tag,
+                       name, version, key, value)
+        if champion:
+            self._call(f"model alias {CHAMPION}", self.client.set_registered_model_alias,
+                       name, CHAMPION, version)
 
     def tag_model_version(self, metrics: Mapping[str, Any]) -> None:
         """Put key metrics (FID, detector AUC, ...) on this run's registered model version."""

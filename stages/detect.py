@@ -32,6 +32,7 @@ def main() -> None:
 
     from pipeline.detect.run import load_detect_data, run_detect, write_outputs  # torch
     from pipeline.device import resolve_device
+    from pipeline.run_page import detect_summary
     from pipeline.tracking import Tracker
 
     params = load_params(args.params)
@@ -52,8 +53,7 @@ def main() -> None:
     if args.run.is_file():
         # Closed FINISHED, or FAILED/KILLED on an error: the model's run is never left RUNNING.
         with Tracker.reopen(params.mlflow, args.run).closing() as tracker:
-            tracker.log_metrics({f"detect/{k}": v for k, v in m.items()
-                                 if isinstance(v, int | float)})  # not "device"
+            tracker.log_summary(detect_summary(m))  # a few metrics, counts as tags, the table
             for path in (args.metrics, args.roc, args.plots / "roc.png"):
                 tracker.log_artifact(path, "detect")
             tracker.tag_model_version({k: f"{m[k]:.4g}" for k in

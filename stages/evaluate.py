@@ -41,12 +41,12 @@ def main() -> None:
     png = write_plots(metrics, args.plots)
     print(summary_table(metrics))
     if args.run.is_file():
+        from pipeline.run_page import quality_summary
         from pipeline.tracking import Tracker
 
         # Closed FINISHED, or FAILED/KILLED on an error: the model's run is never left RUNNING.
         with Tracker.reopen(params.mlflow, args.run).closing() as tracker:
-            tracker.log_metrics({f"quality/{k}": v for k, v in metrics.items()
-                                 if isinstance(v, int | float)})
+            tracker.log_summary(quality_summary(metrics))  # metrics, counts as tags, table
             for path in (args.metrics, png):
                 tracker.log_artifact(path, "evaluate")
             tracker.tag_model_version({k: f"{v:.4g}" for k, v in metrics.items()

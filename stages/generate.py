@@ -39,7 +39,7 @@ def main() -> None:
         # Closed FINISHED, or FAILED/KILLED on an error: the model's run is never left RUNNING.
         with Tracker.reopen(params.mlflow, args.run).closing() as tracker:
             tracker.log_artifact(args.out / "grid.png", "generate")
-            tracker.log_metrics({f"generate/num_{s}": summary[s] for s in SPLITS})
+            tracker.set_tags({f"generate.n_{s}": summary[s] for s in SPLITS})  # counts: tags
 
 
 if __name__ == "__main__":

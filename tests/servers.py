@@ -6,6 +6,7 @@ Each helper bounds its waits in time and stops what it started by PID.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 
@@ -99,6 +101,119 @@ def render(url: str, profile: Path, screenshot: Path, budget_ms: int = 20000) ->
         if capture:
             return out.decode(errors="replace")
     return ""
+
+
+class Page:
+    """One headless Chromium tab driven over the DevTools protocol (see `devtools_page`).
+
+    Every call is bounded in time; `wait_for` polls in REAL time, which the MLflow UI's charts
+    need (with `--virtual-time-budget` they stay loading spinners).
+    """
+
+    def __init__(self, loop: Any, ws: Any) -> None:
+        self._loop, self._ws, self._id = loop, ws, 0
+
+    def send(self, method: str, timeout: float = 30.0, **params: Any) -> dict[str, Any]:
+        return self._loop.run_until_complete(self._send(method, params, timeout))
+
+    async def _send(self, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        import asyncio
+
+        self._id += 1
+        await self._ws.send_json({"id": self._id, "method": method, "params": params})
+        async with asyncio.timeout(timeout):
+            while True:
+                reply = await self._ws.receive_json()
+                if reply.get("id") == self._id:  # skip events and older replies
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return reply.get("result", {})
+
+    def evaluate(self, expression: str) -> Any:
+        """The JSON value of a JavaScript expression in the page (promises awaited)."""
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True,
+                           awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def navigate(self, url: str) -> None:
+        self.send("Page.navigate", url=url)
+
+    def wait_for(self, expression: str, timeout: float = 60.0, poll: float = 0.5) -> Any:
+        """Poll `expression` until it is truthy; its value. TimeoutError after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        value = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(RuntimeError):  # the page may be mid-navigation
+                value = self.evaluate(expression)
+                if value:
+                    return value
+            time.sleep(poll)
+        raise TimeoutError(f"page never satisfied {expression[:120]!r} in {timeout:.0f} s "
+                           f"(last value {value!r})")
+
+    def viewport(self, width: int, height: int) -> None:
+        """Set the page's viewport exactly (the window size also counts the browser's frame)."""
+        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                  deviceScaleFactor=1, mobile=False)
+
+    def screenshot(self, path: Path) -> None:
+        """PNG of the viewport (what a user sees without scrolling)."""
+        import base64
+
+        data = self.send("Page.captureScreenshot", format="png")["data"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
+
+
+@contextlib.contextmanager
+def devtools_page(profile: Path, width: int = 1400, height: int = 900,
+                  timeout: float = 30.0) -> Iterator[Page]:
+    """Headless Chromium with `--remote-debugging-port` on 127.0.0.1; yields its tab as a `Page`.
+
+    The port is chosen by Chromium (port 0) and read from `DevToolsActivePort` in the profile,
+    so parallel runs never race for one. Chromium is stopped by PID (its process group) on exit.
+    """
+    import asyncio
+
+    import aiohttp
+
+    profile.mkdir(parents=True, exist_ok=True)
+    (profile / "DevToolsActivePort").unlink(missing_ok=True)
+    cmd = chromium_cmd(profile, "--remote-debugging-address=127.0.0.1",
+                       "--remote-debugging-port=0", "--hide-scrollbars", "about:blank")
+    cmd = [c if not c.startswith("--window-size=") else f"--window-size={width},{height}"
+           for c in cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    loop = asyncio.new_event_loop()
+    session = ws = None
+    try:
+        port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + timeout
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise TimeoutError(f"chromium exited or gave no DevTools port in {timeout:.0f} s")
+            time.sleep(0.2)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
+            targets = json.load(resp)
+        ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+
+        async def connect() -> tuple[Any, Any]:
+            client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+            return client, await client.ws_connect(ws_url, max_msg_size=0)
+
+        session, ws = loop.run_until_complete(connect())
+        page = Page(loop, ws)
+        page.send("Page.enable")
+        page.viewport(width, height)
+        yield page
+    finally:
+        if session is not None:
+            loop.run_until_complete(session.close())
+        loop.close()
+        stop(proc)
 
 
 def kill_marked(marker: str) -> int:

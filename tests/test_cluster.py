@@ -153,7 +153,7 @@ def test_submit_trains_on_a_two_node_cluster(tmp_path):
             if (repo / "models" / "run.json").is_file() else None
         run = client.get_run(run_id) if run_id else None
         histories = {key: client.get_metric_history(run_id, key) if run_id else []
-                     for key in ("train/loss_d", "train/loss_g")}
+                     for key in ("curves/loss_d", "curves/loss_g")}
         artifacts = [a.path for a in client.list_artifacts(run_id, "plots")] if run_id else []
     seconds = time.monotonic() - started
 

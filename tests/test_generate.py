@@ -124,7 +124,7 @@ def test_stage_writes_outs_and_logs_grid(tmp_path: Path, run_stage, monkeypatch)
     run_id = json.loads((tmp_path / "models" / "run.json").read_text())["run_id"]
     client = MlflowClient(mlflow_cfg.tracking_uri)
     assert [f.path for f in client.list_artifacts(run_id, "generate")] == ["generate/grid.png"]
-    assert client.get_run(run_id).data.metrics["generate/num_detector_test"] == 10
+    assert client.get_run(run_id).data.tags["generate.n_detector_test"] == "10"
 
 
 def test_stage_missing_generator(tmp_path: Path, run_stage) -> None:

@@ -1,14 +1,17 @@
 """The whole pipeline, end to end, on tiny real data (sklearn digits) against a REAL MLflow server.
 
-`dvc repro` runs every stage in a copy of the repo with 2 Ray workers; then the run is read back
-over HTTP with `MlflowClient`, the registered generator is loaded and sampled, and headless
-Chromium renders the run page. A second test kills the server while `train` runs: the model and
-metrics files must still land and the error must say what was not logged.
+`dvc repro` runs every stage in a copy of the repo (committed on branch `main`, so its generator
+is the registry's `champion`) with 2 Ray workers; then the run is read back over HTTP with
+`MlflowClient`, the champion generator is loaded and sampled, and headless Chromium, driven over
+the DevTools protocol, checks what the run page shows. A `dvc exp run` then adds its own run and
+model version without displacing the champion. Another test kills the server while `train` runs:
+the model and metrics files must still land and the error must say what was not logged.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -19,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import BIN, REPO, copy_repo, repo_env
-from servers import chromium, mlflow_server, render, stop
+from servers import chromium, devtools_page, mlflow_server, stop
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +41,9 @@ TINY = {
     "detect": {"epochs": 1, "width": 8, "batch_size": 64},
     "mlflow": {"experiment": "e2e", "registered_model": "e2e-generator"},
 }
+
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -61,6 +67,10 @@ def pipeline_run(tmp_path_factory):
     """`dvc repro` of the tiny pipeline against a live server; yields what the tests inspect."""
     tmp = tmp_path_factory.mktemp("e2e")
     repo = tiny_repo(tmp)
+    # The default pipeline: its params committed on `main` (pipeline.provenance.champion_blocker).
+    subprocess.run(["git", "symbolic-ref", "HEAD", "refs/heads/main"], cwd=repo, check=True)
+    subprocess.run([*GIT, "add", "-A"], cwd=repo, check=True, capture_output=True)
+    subprocess.run([*GIT, "commit", "-qm", "default"], cwd=repo, check=True, capture_output=True)
     with mlflow_server(tmp / "mlflow") as (uri, _):
         env = repo_env(repo, MLFLOW_TRACKING_URI=uri)
         started = time.monotonic()
@@ -111,19 +121,41 @@ def test_one_mlflow_run_tells_the_whole_story(pipeline_run):
     assert [r.info.run_id for r in runs] == [info["run_id"]]  # one run per model
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.epochs"] == "2"
-    assert run.data.params["data.dataset"] == "digits"
-    history = client.get_metric_history(run.info.run_id, "train/loss_d")
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    # Outside `dvc exp run` the run is named after its Ray run (the tag Tracker.find looks up).
+    assert run.info.run_name == tags["ray.run_name"] == info["run_name"]
+    assert "dvc.exp_name" not in tags
+    # Params as YAML writes them, never Python reprs.
+    assert params["train.epochs"] == "2" and params["data.dataset"] == "digits"
+    assert params["data.source"] == "null" and params["train.diffaugment"] == "[]"
+    assert params["ray.use_gpu"] == "false"
+    assert not {k: v for k, v in params.items() if v in ("None", "True", "False")}
+    # Per-epoch curves; a few summary metrics; counts and sizes are tags, not metrics.
+    history = client.get_metric_history(run.info.run_id, "curves/loss_d")
     assert sorted(m.step for m in history) == [1, 2]
+    assert {k.split("/")[0] for k in metrics} == {"curves", "detect", "quality", "train"}
+    assert len(metrics) <= 20, sorted(metrics)
+    assert not [k for k in metrics if re.search(r"/(n|num)_|subset_size|_std$", k)], metrics
+    assert tags["quality.n_domain"] == "300" and tags["detect.n_test_fake"] == "100"
+    assert tags["generate.n_eval"] == "300"
     # What MLflow shows is what the metrics files say.
     quality = json.loads((repo / "metrics" / "quality.json").read_text())
     detector = json.loads((repo / "metrics" / "detector.json").read_text())
-    assert run.data.metrics["quality/fid_domain_300"] == pytest.approx(quality["fid_domain_300"])
-    assert run.data.metrics["detect/detector_auc"] == pytest.approx(detector["detector_auc"])
-    tags = run.data.tags
+    for key in ("fid_domain_300", "fid_domain_floor_300", "recall_domain_300"):
+        assert metrics[f"quality/{key}"] == pytest.approx(quality[key])
+    assert metrics["detect/detector_auc"] == pytest.approx(detector["detector_auc"])
+    # The description: the headline first, each quality value beside its floor, the last grid.
+    note = tags["mlflow.note.content"]
+    assert note.split("\n")[1].startswith(
+        f"FID (domain, N=300) **{quality['fid_domain_300']:.4g}**, "
+        f"real floor {quality['fid_domain_floor_300']:.4g}")
+    assert (f"| recall_domain_300 | **{quality['recall_domain_300']:.4g}** | "
+            f"{quality['recall_domain_floor_300']:.4g} |") in note
+    assert f"| detector | **{detector['detector_auc']:.4g}** |" in note
+    assert f"get-artifact?path=samples%2Fepoch_002.png&run_uuid={run.info.run_id}" in note
     assert tags["world_size"] == "2"
     assert tags["device"] == "cpu"
-    assert len(tags["git.commit"]) in (40, len("unknown"))
+    assert len(tags["git.commit"]) == 40
     assert tags["torch.version"].startswith("2.13")
     assert run.inputs.dataset_inputs, "no dataset logged with log_input"
     dataset = run.inputs.dataset_inputs[0].dataset
@@ -131,7 +163,7 @@ def test_one_mlflow_run_tells_the_whole_story(pipeline_run):
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     nested = {a.path for d in names for a in client.list_artifacts(run.info.run_id, d)}
     everything = names | nested
-    assert any(p.endswith(".png") and "sample" in p for p in everything), everything
+    assert {"samples/epoch_001.png", "samples/epoch_002.png"} <= everything, everything
     assert any(p.endswith("quality.json") for p in everything), everything
     assert any(p.endswith("detector.json") for p in everything), everything
     assert any(p.endswith("roc.png") for p in everything), everything
@@ -143,6 +175,8 @@ def test_registered_generator_loads_and_generates(pipeline_run):
     import torch
     from mlflow.tracking import MlflowClient
 
+    from pipeline.tracking import CHAMPION, champion_uri
+
     uri = pipeline_run["uri"]
     client = MlflowClient(uri)
     versions = client.search_model_versions("name='e2e-generator'")
@@ -150,31 +184,116 @@ def test_registered_generator_loads_and_generates(pipeline_run):
     version = versions[0]
     info = json.loads((pipeline_run["repo"] / "models" / "run.json").read_text())
     assert version.run_id == info["run_id"]
+    # The default pipeline (params committed on main, not a `dvc exp run`) is the champion.
+    assert str(client.get_model_version_by_alias("e2e-generator", CHAMPION).version) \
+        == str(version.version)
+    assert "registered e2e-generator version 1 as @champion" in pipeline_run["stdout"]
+    assert len(version.tags["git.commit"]) == 40 and "dvc.exp_name" not in version.tags
     assert any(k.startswith("fid_domain") for k in version.tags), version.tags
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pytorch.load_model(f"models:/e2e-generator/{version.version}")
+    model = mlflow.pytorch.load_model(champion_uri("e2e-generator"))
     with torch.no_grad():
         images = model(torch.randn(4, 16))
     assert tuple(images.shape) == (4, 1, 28, 28)
     assert float(images.min()) >= -1.0 and float(images.max()) <= 1.0
 
 
+# The Model metrics tab: section names in order, and each chart card on screen with its metric
+# key and what plotly drew in it (line traces: a curve over steps; bar traces: one value).
+CHARTS = """(() => {
+  const q = (sel, root) => [...(root || document).querySelectorAll(sel)];
+  return {
+    sections: q('[data-testid="experiment-view-compare-runs-section-header"]')
+      .map(h => h.innerText.trim().split(/\\s/)[0]),
+    cards: q('[data-testid="experiment-view-compare-runs-card"]').map(c => {
+      const r = c.getBoundingClientRect(), h = c.querySelector('h4[title]');
+      return {title: h ? h.getAttribute('title') : '',
+              onScreen: r.top < innerHeight && r.bottom > 0,
+              lines: q('.scatterlayer .trace', c).length, bars: q('.barlayer .trace', c).length};
+    })};
+})()"""
+CHARTS_DRAWN = """(() => {
+  const cards = [...document.querySelectorAll('[data-testid="experiment-view-compare-runs-card"]')]
+    .filter(c => c.getBoundingClientRect().top < innerHeight);
+  const drawn = c => c.querySelector('.scatterlayer .trace, .barlayer .trace');
+  return cards.length >= 3 && cards.every(drawn);
+})()"""
+# The Overview tab's description (the run's markdown note) and the page's text.
+DESCRIPTION = """(() => {
+  const d = document.querySelector('[data-testid="note-editor-preview-content"]');
+  if (!d) return null;
+  return {top: d.getBoundingClientRect().top, height: innerHeight, text: d.innerText,
+          rows: [...d.querySelectorAll('tr')].map(tr => [...tr.cells].map(c => c.innerText.trim())),
+          images: [...d.querySelectorAll('img')].map(i => [i.getAttribute('src'), i.naturalWidth]),
+          page: document.body.innerText};
+})()"""
+# Every name/value row of the Overview's tables (metrics, params): {name: value as shown}.
+ROWS = """Object.fromEntries([...document.querySelectorAll('[role=row]')]
+  .map(r => [...r.querySelectorAll('[role=cell]')].map(c => c.textContent.trim()))
+  .filter(cells => cells.length === 2))"""
+CLICK = """(() => {
+  const b = [...document.querySelectorAll('button')].find(b => b.getAttribute('aria-label') === %r);
+  if (b) b.click();
+  return !!b;
+})()"""
+
+
 def test_mlflow_ui_shows_the_run(pipeline_run, tmp_path):
+    """The run page in headless Chromium, as a user opens it from `gan-forensics run-url`: the
+    Model metrics tab opens on the per-epoch curves; the Overview shows the description with
+    each metric beside its floor and the sample grid; params read as YAML."""
     if not chromium():
         pytest.skip("chromium is not installed (make test installs it where apt is available)")
-    info = json.loads((pipeline_run["repo"] / "models" / "run.json").read_text())
-    uri = pipeline_run["uri"]
-    url = (f"{uri}/#/experiments/{info['experiment_id']}/runs/{info['run_id']}"
-           "?workflowType=machine_learning")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "mlflow-run.png"
-    dom = render(url, tmp_path / "profile", shot, budget_ms=25000)
     from mlflow.tracking import MlflowClient
 
+    from pipeline.tracking import run_url
+
+    info = json.loads((pipeline_run["repo"] / "models" / "run.json").read_text())
+    uri = pipeline_run["uri"]
+    quality = json.loads((pipeline_run["repo"] / "metrics" / "quality.json").read_text())
     run = MlflowClient(uri).get_run(info["run_id"])
-    assert run.info.run_name in dom
-    assert "train.epochs" in dom or "Parameters" in dom
-    assert shot.is_file() and shot.stat().st_size > 10_000
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with devtools_page(tmp_path / "profile", 1400, 900) as page:
+        page.navigate(run_url(uri, info["experiment_id"], info["run_id"]))
+        page.wait_for(CHARTS_DRAWN, timeout=120)  # ~15 s of real time on this machine
+        page.evaluate(CLICK % "Close")  # MLflow's assistant panel: more room for the charts
+        time.sleep(2)
+        charts = page.evaluate(CHARTS)
+        page.screenshot(ARTIFACTS / "mlflow-run.png")
+        # Sections sort by name: the curves come first, then the few summary numbers.
+        sections = charts["sections"]
+        assert sections[0] == "curves", sections
+        assert sections.index("detect") < sections.index("quality") < sections.index("train")
+        shown = [c for c in charts["cards"] if c["onScreen"]]
+        assert shown and all(c["title"].startswith("curves/") and c["lines"] and not c["bars"]
+                             for c in shown), shown
+        assert {"curves/loss_d", "curves/loss_g"} <= {c["title"] for c in shown}, shown
+
+        page.navigate(f"{uri}/#/experiments/{info['experiment_id']}/runs/{info['run_id']}"
+                      "?workflowType=machine_learning")
+        page.wait_for(DESCRIPTION, timeout=60)
+        collapsed = page.evaluate(DESCRIPTION)
+        # Visible without scrolling, the headline first: FID beside its floor.
+        assert collapsed["top"] < collapsed["height"] - 100, collapsed["top"]
+        assert collapsed["text"].startswith(
+            f"FID (domain, N=300) {quality['fid_domain_300']:.4g}, real floor "
+            f"{quality['fid_domain_floor_300']:.4g}"), collapsed["text"][:200]
+        assert page.evaluate(CLICK % "Expand description")
+        page.wait_for("[...document.querySelectorAll('[data-testid=\"note-editor-preview-content\"]"
+                      " img')].some(i => i.complete && i.naturalWidth > 0)", timeout=30)
+        full = page.evaluate(DESCRIPTION)
+        shown_params = {k: v for k, v in page.evaluate(ROWS).items() if k in run.data.params}
+        page.screenshot(ARTIFACTS / "mlflow-overview.png")
+    assert ["metric", "value", "real-vs-real floor"] in full["rows"]
+    for key in ("fid_domain_300", "recall_domain_300"):
+        floor = key.replace("_300", "").replace("domain", "domain_floor") + "_300"
+        assert [key, f"{quality[key]:.4g}", f"{quality[floor]:.4g}"] in full["rows"], full["rows"]
+    (src, width), = full["images"]  # the last epoch's sample grid, loaded from the server
+    assert "samples%2Fepoch_002.png" in src and width > 100
+    assert run.info.run_name in full["page"]
+    # Params read as YAML: every one shown, as logged.
+    assert shown_params == run.data.params
+    assert shown_params["data.source"] == "null" and shown_params["ray.use_gpu"] == "false"
 
 
 def test_server_killed_mid_train_still_lands_files(tmp_path):
@@ -257,9 +376,9 @@ def test_dvc_exp_run_with_overrides_tags_its_mlflow_run(pipeline_run):
     from mlflow.tracking import MlflowClient
 
     repo, env = pipeline_run["repo"], pipeline_run["env"]
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "add", "-A"], cwd=repo, check=True, capture_output=True)
-    subprocess.run([*git, "commit", "-qm", "baseline"], cwd=repo, check=True,
+    default = json.loads((repo / "models" / "run.json").read_text())
+    subprocess.run([*GIT, "add", "-A"], cwd=repo, check=True, capture_output=True)
+    subprocess.run([*GIT, "commit", "-qm", "baseline"], cwd=repo, check=True,
                    capture_output=True)
     done = subprocess.run([str(BIN / "dvc"), "exp", "run", "-n", "tiny-exp",
                            "-S", "train.epochs=1", "-S", "model.g_features=8"],
@@ -268,10 +387,22 @@ def test_dvc_exp_run_with_overrides_tags_its_mlflow_run(pipeline_run):
     shown = subprocess.run([str(BIN / "dvc"), "exp", "show", "--json"], cwd=repo, env=env,
                            capture_output=True, text=True, check=True).stdout
     assert "tiny-exp" in shown and "fid_domain_300" in shown and "detector_auc" in shown
-    runs = MlflowClient(pipeline_run["uri"]).search_runs(
-        [MlflowClient(pipeline_run["uri"]).get_experiment_by_name("e2e").experiment_id],
-        filter_string="tags.`dvc.exp_name` = 'tiny-exp'")
+    client = MlflowClient(pipeline_run["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id],
+                              filter_string="tags.`dvc.exp_name` = 'tiny-exp'")
     assert len(runs) == 1 and runs[0].data.params["model.g_features"] == "8"
+    run = runs[0]
+    # Named after the experiment; the Ray run stays a tag (how a resume finds this run).
+    assert run.info.run_name == "tiny-exp" and run.data.tags["ray.run_name"].startswith("gan-")
+    # Its generator is a new version, tagged with where it came from; the champion stays the
+    # default pipeline's, so `models:/e2e-generator@champion` still loads that one.
+    versions = client.search_model_versions("name='e2e-generator'")
+    assert len(versions) == 2
+    mine, = (v for v in versions if v.run_id == run.info.run_id)
+    assert mine.tags["dvc.exp_name"] == "tiny-exp" and len(mine.tags["git.commit"]) == 40
+    champion = client.get_model_version_by_alias("e2e-generator", "champion")
+    assert champion.run_id == default["run_id"] != run.info.run_id
+    assert "not @champion: trained inside `dvc exp run` (tiny-exp)" in done.stdout + done.stderr
     # DVC refuses `-S train.epoch=1` itself; `+train.epoch=1` adds the key, and our config
     # is what rejects it, before any stage runs its work.
     bad = subprocess.run([str(BIN / "dvc"), "exp", "run", "-S", "+train.epoch=1"], cwd=repo,

@@ -139,7 +139,7 @@ def test_stage_sigterm_then_rerun_resumes(tmp_path: Path) -> None:
     client = MlflowClient(params["mlflow"]["tracking_uri"])
     runs = client.search_runs([client.get_experiment_by_name("gan-forensics").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one MLflow run per model
-    history = client.get_metric_history(runs[0].info.run_id, "train/loss_d")
+    history = client.get_metric_history(runs[0].info.run_id, "curves/loss_d")
     steps = [m.step for m in history]
     assert sorted(set(steps)) == list(range(1, epochs + 1))
     assert len(steps) <= epochs + 2  # only epochs after the registered checkpoint redone
@@ -169,7 +169,7 @@ def test_worker_sigkill_mid_epoch_restarts_from_checkpoint(tmp_path: Path, monke
     assert epochs_logged(tmp_path / "metrics") == [1, 2, 3]
     run_id = summary_run_id(tmp_path)
     steps = [m.step for m in MlflowClient(params.mlflow.tracking_uri).get_metric_history(
-        run_id, "train/loss_d")]
+        run_id, "curves/loss_d")]
     assert sorted(steps) == [1, 2, 3]  # epoch 1 was not redone: restarted from its checkpoint
 
 

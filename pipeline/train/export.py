@@ -3,7 +3,8 @@
 `export(ckpt_dir, models_dir, metrics_dir)` writes `models/{generator,discriminator}.pt`,
 `metrics/train_log.csv`, `metrics/samples/` and `metrics/train_loss.png` from the checkpoint
 alone (the workers write nothing of their own, so rank 0 may have run on any node);
-`register_generator` logs G to MLflow as a model with signature and registers it.
+`register_generator` logs G to MLflow as a model with signature and registers it (the version
+tagged with its git commit and DVC experiment; the alias `champion` only for the default pipeline).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import Params
 from pipeline.io import atomic_dir, atomic_path
 from pipeline.models import load_checkpoint, make_checkpoint, save_checkpoint
-from pipeline.tracking import Tracker
+from pipeline.provenance import champion_blocker, version_tags
+from pipeline.tracking import CHAMPION, Tracker
 from pipeline.train.loop import LOG_FIELDS, STATE_FILE
 
 
@@ -67,13 +70,21 @@ def export(ckpt_dir: Path, models_dir: Path, metrics_dir: Path) -> list[dict[str
     return history
 
 
-def register_generator(tracker: Tracker, path: Path, registered_model: str) -> str | None:
-    """Log G as an MLflow model (signature + input example) and register it; its version."""
+def register_generator(tracker: Tracker, path: Path, params: Params) -> str | None:
+    """Log G as an MLflow model (signature + input example) and register it under
+    `mlflow.registered_model`; tag the version with its git commit and DVC experiment, and give
+    it the alias `champion` only when `provenance.champion_blocker` allows. Its version."""
     from pipeline.models import load_generator
     from pipeline.models.serving import Sampler
 
     generator, meta = load_generator(path)
     cfg = meta["model_config"]
     sampler = Sampler(generator, cfg["latent_dim"], cfg["conditional"])
-    return tracker.log_pytorch_model(sampler, "generator", sampler.input_example(),
-                                     registered_model)
+    name = params.mlflow.registered_model
+    version = tracker.log_pytorch_model(sampler, "generator", sampler.input_example(), name)
+    if version is not None:
+        blocker = champion_blocker(params)
+        tracker.label_version(name, version, version_tags(), champion=blocker is None)
+        print(f"registered {name} version {version}" + (f" as @{CHAMPION}" if blocker is None
+              else f", not @{CHAMPION}: {blocker}"), flush=True)
+    return version
