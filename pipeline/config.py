@@ -54,13 +54,16 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
+    # The forger family (pipeline/models/zoo.py); see ARCH_PRESETS for what each one fixes.
+    arch: Literal["dcgan", "sngan", "wgan-gp", "vae"] = "dcgan"
     latent_dim: int = Field(100, gt=0)  # size of the noise vector z
     g_features: int = Field(64, gt=0)  # generator width (channels of its last hidden layer)
     d_features: int = Field(64, gt=0)  # discriminator width (channels of its first layer)
     conditional: bool = False  # class-conditional G and D (label embedding)
     embed_dim: int = Field(16, gt=0)  # label embedding size when conditional
     g_upsample: Literal["deconv", "resize"] = "deconv"  # G's x2 steps: transposed conv | NN+conv
-    d_norm: Literal["batch", "spectral", "none"] = "batch"  # D's normalisation
+    # D's normalisation; layer = GroupNorm with one group (per image: a WGAN-GP critic's).
+    d_norm: Literal["batch", "spectral", "layer", "none"] = "batch"
 
 
 class TrainConfig(Section):
@@ -75,7 +78,11 @@ class TrainConfig(Section):
     grid_size: int = Field(64, gt=0)  # images in the fixed-noise sample grid, per epoch
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast (GPU profile)
     channels_last: bool = False  # memory format for conv layers
-    loss: Literal["ns", "hinge"] = "ns"  # non-saturating BCE (Goodfellow 2014) | hinge
+    # ns: non-saturating BCE (Goodfellow 2014) | hinge | wgan-gp: Wasserstein + gradient
+    # penalty (model.arch wgan-gp only) | elbo: the VAE's (model.arch vae only).
+    loss: Literal["ns", "hinge", "wgan-gp", "elbo"] = "ns"
+    # D (critic) steps per G step; null = the arch's: 5 for wgan-gp (Gulrajani 2017), else 1.
+    n_critic: int | None = Field(None, gt=0)
     r1_gamma: float = Field(0.0, ge=0)  # R1 penalty weight on real images (0 = off)
     # DiffAugment (Zhao et al. 2020): the same differentiable augmentations of real and fake
     # images before every D forward; any of color, translation, cutout ([] = off).
@@ -83,6 +90,48 @@ class TrainConfig(Section):
     # Exponential moving average of G's weights (Yazici et al. 2019); 0 = off. When on, the
     # EMA generator (BatchNorm statistics recomputed) is the one exported, sampled, evaluated.
     ema_decay: float = Field(0.0, ge=0, lt=1)
+
+
+# What each forger family (`model.arch`) fixes: key -> (the family's value, the values it
+# accepts; None = any). A key left at its declared default takes the family's value, so
+# `-S model.arch=sngan` alone is a whole SN-GAN; any other value of a fixed key is an error
+# naming both. The validated params then say exactly what trains (MLflow, run identity).
+ARCH_PRESETS: dict[str, dict[str, tuple[Any, list[Any] | None]]] = {
+    # Radford et al. 2015; g_upsample, d_norm and loss are its variants (quality ablation).
+    "dcgan": {"train.loss": ("ns", ["ns", "hinge"]), "train.n_critic": (1, None)},
+    # Miyato et al. 2018: spectral-norm D, hinge loss; nearest-upsample + conv G (Odena 2016).
+    "sngan": {"model.g_upsample": ("resize", ["resize"]),
+              "model.d_norm": ("spectral", ["spectral"]),
+              "train.loss": ("hinge", ["hinge"]), "train.n_critic": (1, None)},
+    # Gulrajani et al. 2017: a critic without BatchNorm (layer norm or none), gradient penalty.
+    "wgan-gp": {"model.d_norm": ("layer", ["layer", "none"]),
+                "train.loss": ("wgan-gp", ["wgan-gp"]), "train.n_critic": (5, None)},
+    # Kingma & Welling 2014: no discriminator, so no D-only techniques; unconditional only.
+    "vae": {"train.loss": ("elbo", ["elbo"]), "train.n_critic": (1, [1]),
+            "model.conditional": (False, [False]), "train.r1_gamma": (0.0, [0.0]),
+            "train.diffaugment": ([], [[]])},
+}
+
+
+def resolve_arch(model: dict[str, Any], train: dict[str, Any]
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Copies of the raw `model` / `train` sections with `model.arch`'s preset applied
+    (ARCH_PRESETS); raises ValueError naming the key that conflicts with the arch."""
+    model, train = dict(model), dict(train)
+    arch = model.get("arch", "dcgan")
+    if arch not in ARCH_PRESETS:
+        return model, train  # the Literal check reports it, with the valid names
+    sections = {"model": (model, ModelConfig), "train": (train, TrainConfig)}
+    for key, (value, allowed) in ARCH_PRESETS[arch].items():
+        section, name = key.split(".")
+        raw, schema = sections[section]
+        current = raw.get(name, schema.model_fields[name].default)
+        if current == schema.model_fields[name].default:
+            raw[name] = value
+        elif allowed is not None and current not in allowed:
+            choices = " or ".join(repr(a) for a in allowed)
+            raise ValueError(f"{key}: model.arch {arch} needs {choices}, got {current!r}")
+    return model, train
 
 
 class RayConfig(Section):
@@ -175,6 +224,20 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     detect: DetectConfig = DetectConfig()
     mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arch_preset(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        sections = {}
+        for name in ("model", "train"):
+            value = raw.get(name, {})
+            sections[name] = value.model_dump() if isinstance(value, BaseModel) else value
+        if not all(isinstance(v, dict) for v in sections.values()):
+            return raw  # a section that is not a mapping: field validation names it
+        model, train = resolve_arch(sections["model"], sections["train"])
+        return {**raw, "model": model, "train": train}
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:

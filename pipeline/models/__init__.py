@@ -1,4 +1,4 @@
-"""DCGAN models and their checkpoints (see `dcgan.py`, `checkpoint.py`)."""
+"""The forger families (`zoo.py`: dcgan, sngan, wgan-gp, vae) and their checkpoints."""
 
 from pipeline.models.checkpoint import (
     load_checkpoint,
@@ -8,9 +8,11 @@ from pipeline.models.checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from pipeline.models.dcgan import Discriminator, Generator, build_models, weights_init
+from pipeline.models.dcgan import Discriminator, Generator, weights_init
+from pipeline.models.zoo import ARCHS, GAN_ARCHS, build_models
 
 __all__ = [
-    "Discriminator", "Generator", "build_models", "load_checkpoint", "load_discriminator",
-    "load_generator", "make_checkpoint", "save_checkpoint", "unwrap", "weights_init",
+    "ARCHS", "GAN_ARCHS", "Discriminator", "Generator", "build_models", "load_checkpoint",
+    "load_discriminator", "load_generator", "make_checkpoint", "save_checkpoint", "unwrap",
+    "weights_init",
 ]

@@ -6,7 +6,9 @@ epoch history) and the DVC outs `models/generator.pt` / `models/discriminator.pt
     {"format": FORMAT, "model_config": {...}, "image_shape": [C, H, W], "num_classes": int,
      "class_names": [...], "epoch": int, "step": int, "generator": state_dict, ...}
 
-Other stages load a model with `load_generator(path)` / `load_discriminator(path)`.
+Other stages load a model with `load_generator(path)` / `load_discriminator(path)`. Every
+family of the zoo uses this format (`model_config["arch"]`, dcgan when absent); a VAE's
+`discriminator` weights are its encoder's, and `load_discriminator` refuses them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 
 from pipeline.checkpoints import load_state, save_state
 from pipeline.errors import UserError
-from pipeline.models.dcgan import Discriminator, Generator, build_models
+from pipeline.models.zoo import GAN_ARCHS, build_models
 
 FORMAT = "gan-forensics/dcgan-v1"
 META_KEYS = ("format", "model_config", "image_shape", "num_classes", "class_names", "epoch",
@@ -61,7 +63,15 @@ def _load(path: str | os.PathLike[str], key: str,
     ckpt = load_checkpoint(path)
     if key not in ckpt:
         raise UserError(f"{path}: checkpoint has no {key} weights")
-    G, D = build_models(ckpt["model_config"], tuple(ckpt["image_shape"]), ckpt["num_classes"])
+    arch = ckpt["model_config"].get("arch", "dcgan")
+    if key == "discriminator" and arch not in GAN_ARCHS:
+        raise UserError(f"{path}: model.arch {arch} has no discriminator (this file holds its "
+                        "encoder); its fakes have no D score")
+    try:
+        G, D = build_models(ckpt["model_config"], tuple(ckpt["image_shape"]),
+                            ckpt["num_classes"])
+    except ValueError as exc:  # e.g. an arch this code does not know
+        raise UserError(f"{path}: {exc}") from None
     model = G if key == "generator" else D
     model.load_state_dict(ckpt[key])
     meta = {k: ckpt[k] for k in META_KEYS}
@@ -69,17 +79,15 @@ def _load(path: str | os.PathLike[str], key: str,
 
 
 def load_generator(path: str | os.PathLike[str],
-                   device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
-    """(G in eval mode, meta). meta: model_config (latent_dim, conditional, ...), image_shape
-    [C, H, W], num_classes, class_names, epoch, step. G(z, labels) returns images in [-1, 1]."""
-    model, meta = _load(path, "generator", device)
-    assert isinstance(model, Generator)
-    return model, meta
+                   device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """(G in eval mode, meta). meta: model_config (arch, latent_dim, conditional, ...),
+    image_shape [C, H, W], num_classes, class_names, epoch, step. G(z, labels) returns images
+    in [-1, 1] for every `model.arch` (a VAE's G is its decoder)."""
+    return _load(path, "generator", device)
 
 
 def load_discriminator(path: str | os.PathLike[str],
-                       device: str | torch.device = "cpu") -> tuple[Discriminator, dict[str, Any]]:
-    """(D in eval mode, meta); D(x in [-1, 1], labels) returns logits (B,)."""
-    model, meta = _load(path, "discriminator", device)
-    assert isinstance(model, Discriminator)
-    return model, meta
+                       device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """(D in eval mode, meta); D(x in [-1, 1], labels) returns logits (B,). A family without a
+    discriminator (vae: the file holds its encoder) is a `UserError`."""
+    return _load(path, "discriminator", device)

@@ -9,7 +9,10 @@ Two variants, chosen by `model.*` params:
 - `g_upsample: resize`: each x2 step is nearest-neighbour upsampling + 3x3 conv instead of a
   4x4 stride-2 transposed conv (Odena et al. 2016, "Deconvolution and checkerboard artifacts");
 - `d_norm: spectral`: spectral normalisation of every D layer instead of BatchNorm (Miyato et
-  al. 2018, ICLR), or `none`: no normalisation in D (WGAN-GP critics, DP-SGD).
+  al. 2018, ICLR); `layer`: GroupNorm with one group, a per-image layer norm (the WGAN-GP
+  critic's, Gulrajani et al. 2017); or `none`: no normalisation in D (DP-SGD).
+
+The SN-GAN and WGAN-GP families (`pipeline/models/zoo.py`) are these G and D with those options.
 
     G = Generator(latent_dim=100, features=64, channels=1, image_size=28)
     img = G(torch.randn(16, 100))                      # (16, 1, 28, 28) in [-1, 1]
@@ -47,13 +50,20 @@ def weights_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def _up_deconv(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)]  # side x2
+def _norm(kind: str, channels: int) -> list[nn.Module]:
+    """D's normalisation after a strided conv: BatchNorm, a per-image layer norm, or none."""
+    if kind == "batch":
+        return [nn.BatchNorm2d(channels)]
+    return [nn.GroupNorm(1, channels)] if kind == "layer" else []
 
 
-def _up_resize(c_in: int, c_out: int) -> list[nn.Module]:
+def _up_deconv(c_in: int, c_out: int, bias: bool = False) -> list[nn.Module]:
+    return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=bias)]  # side x2
+
+
+def _up_resize(c_in: int, c_out: int, bias: bool = False) -> list[nn.Module]:
     return [nn.Upsample(scale_factor=2, mode="nearest"),  # side x2, no checkerboard
-            nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)]
+            nn.Conv2d(c_in, c_out, 3, 1, 1, bias=bias)]
 
 
 class Generator(nn.Module):
@@ -106,7 +116,7 @@ class Discriminator(nn.Module):
         ]
         for _ in range(downs - 1):
             layers += [sn(nn.Conv2d(width, width * 2, 4, 2, 1, bias=False)),  # side / 2
-                       *([nn.BatchNorm2d(width * 2)] if norm == "batch" else []),
+                       *_norm(norm, width * 2),
                        nn.LeakyReLU(0.2, inplace=True)]
             width *= 2
         layers += [sn(nn.Conv2d(width, 1, start, 1, 0, bias=False))]  # (B, 1, 1, 1) logits
@@ -121,9 +131,10 @@ class Discriminator(nn.Module):
         return self.net(x).flatten()  # (B,)
 
 
-def build_models(model_cfg: dict, image_shape: tuple[int, int, int],
-                 num_classes: int) -> tuple[Generator, Discriminator]:
-    """G and D from a plain model config dict (`ModelConfig.model_dump()`), DCGAN-initialised."""
+def build_gan(model_cfg: dict, image_shape: tuple[int, int, int],
+              num_classes: int) -> tuple[Generator, Discriminator]:
+    """G and D from a plain model config dict (`ModelConfig.model_dump()`), DCGAN-initialised
+    (dcgan, sngan, wgan-gp: the options above; `pipeline.models.build_models` dispatches)."""
     channels, height, width = image_shape
     if height != width:
         raise ValueError(f"images must be square, got {height}x{width}")

@@ -14,13 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.models.dcgan import Generator
-
 
 class Sampler(nn.Module):
     """Wraps G for serving: `z` or `[z, class_id]` float32 -> images (B, C, H, W) in [-1, 1]."""
 
-    def __init__(self, generator: Generator, latent_dim: int, conditional: bool) -> None:
+    def __init__(self, generator: nn.Module, latent_dim: int, conditional: bool) -> None:
         super().__init__()
         self.generator = generator.eval()
         self.latent_dim = latent_dim

@@ -1,6 +1,8 @@
-"""One worker's GAN training loop: plain torch, no Ray (the launcher injects `Hooks`).
+"""One worker's training loop for every forger family: plain torch, no Ray (the launcher
+injects `Hooks`).
 
-`train_worker(cfg, images, labels, class_names, hooks)` builds G and D, restores the latest
+`train_worker(cfg, images, labels, class_names, hooks)` builds G and D of `model.arch` (a VAE:
+decoder and encoder; the steps of each family are in `steps.py`), restores the latest
 checkpoint if there is one, then runs epochs of `run_epoch`, and after each epoch hands metrics
 plus (rank 0) a checkpoint directory to `hooks.report`. The worker writes no file of its own:
 everything the driver needs (weights, per-epoch history, sample grids) travels in the
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from pipeline.config import ModelConfig, TrainConfig
+from pipeline.config import ModelConfig, TrainConfig, resolve_arch
 from pipeline.errors import UserError
 from pipeline.imaging import save_grid
 from pipeline.models import (
@@ -38,11 +40,10 @@ from pipeline.models import (
     save_checkpoint,
     unwrap,
 )
-from pipeline.train.augment import diff_augment
 from pipeline.train.data import DeviceArrays
 from pipeline.train.ema import GeneratorEMA
-from pipeline.train.objective import d_loss, g_loss, r1_penalty
 from pipeline.train.stats import STAT_NAMES, NonFiniteLossError, RunningStats
+from pipeline.train.steps import GanStep, VaeStep
 
 __all__ = ["LOG_FIELDS", "STATE_FILE", "Hooks", "LocalHooks", "NonFiniteLossError",
            "WorkerConfig", "run_epoch", "train_worker"]
@@ -61,6 +62,13 @@ class WorkerConfig:
     world_size: int = 1  # the global batch is split evenly across this many ranks
     tracking: dict[str, str] | None = None  # {uri, run_id, experiment_id}: rank 0 logs there
     check_every: int = 25  # steps between non-finite checks (one collective + one host sync)
+
+    def __post_init__(self) -> None:
+        # `model.arch`'s preset, as params.yaml gets it (pipeline.config.resolve_arch): a config
+        # built in code, e.g. ModelConfig(arch="sngan") and a default TrainConfig, trains that.
+        model, train = resolve_arch(self.model.model_dump(), self.train.model_dump())
+        object.__setattr__(self, "model", ModelConfig(**model))
+        object.__setattr__(self, "train", TrainConfig(**train))
 
 
 @dataclass
@@ -98,17 +106,6 @@ class LocalHooks(Hooks):
         yield found[-1] if found else None
 
 
-def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager[Any]:
-    """DDP's no_sync (skip the gradient all-reduce) or nothing for a bare module."""
-    return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
-
-
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if precision == "bf16":  # valid on CPU too (slow there; the GPU profile's choice)
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def effective_precision(precision: str, device: torch.device) -> str:
     """`precision`, except bf16 on a CUDA GPU without native bf16 (before sm80, e.g. T4/V100):
     torch emulates it there, slower than fp32, so fall back to fp32 with a warning."""
@@ -127,22 +124,28 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
               precision: str = "fp32", loss: str = "ns", r1_gamma: float = 0.0,
               diffaugment: Sequence[str] = (), ema: GeneratorEMA | None = None,
               max_steps: int | None = None, step: int = 0, check_every: int = 25,
-              on_step: Callable[[int, int], None] | None = None,
+              on_step: Callable[[int, int], None] | None = None, n_critic: int = 1,
               ) -> tuple[dict[str, float], int]:
-    """One epoch of GAN training; returns (rank-averaged means, global step).
+    """One epoch of training; returns (rank-averaged means, global step).
 
-    `loss` is `ns` or `hinge` (`objective.py`); `r1_gamma` > 0 adds the R1 penalty to D's loss;
+    `loss` is `ns`, `hinge` or `wgan-gp` (a GAN step, `steps.GanStep`) or `elbo` (a VAE step:
+    G is the decoder, D the encoder); `r1_gamma` > 0 adds the R1 penalty to D's loss;
     `diffaugment` names DiffAugment policies applied before every D forward; `ema`, if given,
-    is updated after every G step. `loader` yields device batches; `noise` is a generator on
-    `device`. The per-step statistics stay on the device; every `check_every` steps and at the
-    end they are reduced across ranks (`RunningStats`), which raises `NonFiniteLossError` naming
-    the epoch and step of the first NaN/inf loss on any rank, so every rank stops together.
+    is updated after every G step. A step is one batch: it updates D, and every `n_critic`-th
+    step (the epoch's first included) G too. `loader` yields device batches; `noise` is a
+    generator on `device`. The per-step statistics stay on the device; every `check_every`
+    steps and at the end they are reduced across ranks (`RunningStats`), which raises
+    `NonFiniteLossError` naming the epoch and step of the first NaN/inf loss on any rank, so
+    every rank stops together.
     """
-    conditional = num_classes > 0 and getattr(unwrap(G), "num_classes", 0) > 0
-
-    def augment(x: torch.Tensor) -> torch.Tensor:
-        return diff_augment(x, diffaugment, noise) if diffaugment else x
-
+    if loss == "elbo":
+        train_step: GanStep | VaeStep = VaeStep(
+            G, D, opt_g, opt_d, latent_dim=latent_dim, noise=noise, device=device,
+            precision=precision, ema=ema)
+    else:
+        train_step = GanStep(G, D, opt_g, opt_d, loss=loss, latent_dim=latent_dim, noise=noise,
+                             device=device, num_classes=num_classes, precision=precision,
+                             r1_gamma=r1_gamma, diffaugment=diffaugment, ema=ema)
     stats = RunningStats(device, check_every)
     steps = 0
     for real, labels in loader:
@@ -150,45 +153,7 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
             break
         if on_step is not None:
             on_step(epoch, steps)
-        b = real.size(0)
-        z = torch.randn(b, latent_dim, generator=noise, device=device)  # (B, latent)
-        fake_labels = (torch.randint(0, num_classes, (b,), generator=noise, device=device)
-                       if conditional else None)
-
-        # (1) Update D: tell real from G(z). Real and fake go through D in separate forwards
-        # (as in the DCGAN paper's code): D's BatchNorm then normalises each batch by its own
-        # statistics, in this phase and in (2) alike. One mixed forward lets BatchNorm leak
-        # batch-level real/fake information, and G then collapses onto a few modes
-        # (measured: tops only on Fashion-MNIST, recall 0.09).
-        with _autocast(precision, device):
-            fake = G(z, fake_labels) if conditional else G(z)  # (B, C, H, W)
-            real_in = augment(real).requires_grad_(r1_gamma > 0)
-            logits_real = D(real_in, labels) if conditional else D(real_in)  # (B,)
-            detached = augment(fake.detach().to(real.dtype))
-            logits_fake = D(detached, fake_labels) if conditional else D(detached)  # (B,)
-            loss_d = d_loss(loss, logits_real, logits_fake)
-        total_d = loss_d + r1_penalty(logits_real, real_in, r1_gamma) if r1_gamma else loss_d
-        opt_d.zero_grad(set_to_none=True)
-        total_d.backward()
-        opt_d.step()
-
-        # (2) Update G: make D call G(z) real. D's grads from this backward are discarded
-        # (zeroed before D's next step): skip their all-reduce.
-        with _no_sync(D), _autocast(precision, device):
-            fake_in = augment(fake.to(real.dtype))
-            logits_g = D(fake_in, fake_labels) if conditional else D(fake_in)  # (B,)
-            loss_g = g_loss(loss, logits_g)
-        opt_g.zero_grad(set_to_none=True)
-        with _no_sync(D):
-            loss_g.backward()
-        opt_g.step()
-        if ema is not None:
-            ema.update(unwrap(G))
-
-        with torch.no_grad():  # (4,) on the device: no host sync here
-            stats.add(torch.stack([loss_d.float(), loss_g.float(),
-                                   torch.sigmoid(logits_real.float()).mean(),  # D(x)
-                                   torch.sigmoid(logits_fake.float()).mean()]))  # D(G(z))
+        stats.add(train_step(real, labels, g_step=steps % n_critic == 0))  # (4,)
         steps += 1
         step += 1
         if stats.due():
@@ -280,21 +245,21 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
             noise=_epoch_noise(cfg, epoch, rank, device), device=device, precision=precision,
             loss=cfg.train.loss, r1_gamma=cfg.train.r1_gamma, diffaugment=cfg.train.diffaugment,
             ema=ema, max_steps=cfg.train.max_steps_per_epoch, step=step,
-            check_every=cfg.check_every, on_step=hooks.on_step)
+            check_every=cfg.check_every, on_step=hooks.on_step, n_critic=cfg.train.n_critic or 1)
         seconds = time.perf_counter() - t0
         metrics = {"epoch": epoch, **{k: stats[k] for k in STAT_NAMES},
                    "images_per_s": stats["steps"] * local_batch * world / seconds,
                    "epoch_seconds": seconds, "step": step}
+        if cfg.train.loss == "elbo":  # a VAE has no D outputs: empty in the CSV, not in MLflow
+            metrics.update(d_real=None, d_fake=None)
         history.append(metrics)
         ckpt_dir = None
         if master:
             ckpt_dir = Path(tempfile.mkdtemp(prefix="gan-ckpt-"))
             _save_epoch(cfg, G, D, opt_g, opt_d, ema, ckpt_dir, samples, history, image_shape,
                         num_classes, class_names, fixed_z, fixed_labels, device, tracker)
-            print(f"epoch {epoch}/{cfg.train.epochs} loss_d={metrics['loss_d']:.3f} "
-                  f"loss_g={metrics['loss_g']:.3f} D(x)={metrics['d_real']:.3f} "
-                  f"D(G(z))={metrics['d_fake']:.3f} {metrics['images_per_s']:.0f} img/s "
-                  f"{seconds:.1f} s", flush=True)
+            print(f"epoch {epoch}/{cfg.train.epochs} {_stats_line(cfg.train.loss, metrics)} "
+                  f"{metrics['images_per_s']:.0f} img/s {seconds:.1f} s", flush=True)
         try:
             hooks.report(metrics, ckpt_dir)
         finally:
@@ -304,6 +269,15 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
     if tracker is not None and tracker.lost:
         print(f"warning: MLflow did not record: {'; '.join(tracker.lost[:3])}", flush=True)
     return metrics
+
+
+def _stats_line(loss: str, m: dict[str, Any]) -> str:
+    """The epoch line's statistics, named for what they are in this objective (steps.py)."""
+    if loss == "elbo":
+        return f"loss_d={m['loss_d']:.3f} (KL) loss_g={m['loss_g']:.3f} (-ELBO)"
+    real, fake = ("critic(x)", "critic(G(z))") if loss == "wgan-gp" else ("D(x)", "D(G(z))")
+    return (f"loss_d={m['loss_d']:.3f} loss_g={m['loss_g']:.3f} {real}={m['d_real']:.3f} "
+            f"{fake}={m['d_fake']:.3f}")
 
 
 def _sample_generator(cfg: WorkerConfig, G: nn.Module, ema: GeneratorEMA | None,
@@ -350,5 +324,4 @@ def _save_epoch(cfg: WorkerConfig, G: nn.Module, D: nn.Module, opt_g: torch.opti
         discriminator=unwrap(D), opt_g=opt_g, opt_d=opt_d, rng_torch=torch.get_rng_state(),
         history=history, **extra))
     if tracker is not None:
-        tracker.log_metrics({f"train/{k}": history[-1][k] for k in LOG_FIELDS[1:]}, step=epoch)
-        tracker.log_artifact(samples / name, "samples")
+        tracker.log_epoch({k: history[-1][k] for k in LOG_FIELDS[1:]}, epoch, samples / name)

@@ -1,0 +1,162 @@
+"""One training step of each kind of forger: `GanStep` (dcgan, sngan, wgan-gp) and `VaeStep`.
+
+`run_epoch` (loop.py) draws the batches and calls one step per batch; a step updates the
+models and returns its statistics (4,) on the device, in `stats.STAT_NAMES` order
+(loss_d, loss_g, d_real, d_fake), which `RunningStats` reduces without a host sync per step:
+
+- GAN: D's loss (without R1 / gradient penalty), G's loss, and D's mean output on real and on
+  fake images: sigmoid(logit), i.e. D(x) and D(G(z)), for ns and hinge; the raw critic score
+  for wgan-gp (so -loss_d = d_real - d_fake is the critic's Wasserstein estimate).
+- VAE: loss_d = the KL term, loss_g = the whole negative ELBO (reconstruction + KL), nats per
+  image; d_real and d_fake do not exist (0 here; `train_worker` reports them as None).
+
+    step = GanStep(G, D, opt_g, opt_d, loss="ns", latent_dim=100, noise=gen, device=dev)
+    values = step(real, labels, g_step=True)          # (4,) on the device
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.models import unwrap
+from pipeline.train.augment import diff_augment
+from pipeline.train.ema import GeneratorEMA
+from pipeline.train.objective import (
+    d_loss,
+    g_loss,
+    gradient_penalty,
+    r1_penalty,
+    vae_kl,
+    vae_reconstruction,
+)
+
+
+def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+    """DDP's no_sync (skip the gradient all-reduce) or nothing for a bare module."""
+    return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if precision == "bf16":  # valid on CPU too (slow there; the GPU profile's choice)
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class GanStep:
+    """D phase, then (on a G step) G phase. With `n_critic` > 1 the caller makes every
+    n_critic-th batch a G step; the others update D (the critic) alone."""
+
+    def __init__(self, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
+                 opt_d: torch.optim.Optimizer, *, loss: str, latent_dim: int,
+                 noise: torch.Generator, device: torch.device, num_classes: int = 0,
+                 precision: str = "fp32", r1_gamma: float = 0.0,
+                 diffaugment: Sequence[str] = (), ema: GeneratorEMA | None = None) -> None:
+        self.G, self.D, self.opt_g, self.opt_d = G, D, opt_g, opt_d
+        self.loss, self.latent_dim, self.noise, self.device = loss, latent_dim, noise, device
+        self.num_classes = num_classes
+        self.conditional = num_classes > 0 and getattr(unwrap(G), "num_classes", 0) > 0
+        self.precision, self.r1_gamma, self.diffaugment, self.ema = (
+            precision, r1_gamma, diffaugment, ema)
+        self.loss_g: torch.Tensor | None = None  # the last G step's, logged on critic steps
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, self.diffaugment, self.noise) if self.diffaugment else x
+
+    def __call__(self, real: torch.Tensor, labels: torch.Tensor,
+                 g_step: bool = True) -> torch.Tensor:
+        G, D, noise, device, cond = self.G, self.D, self.noise, self.device, self.conditional
+        wgan = self.loss == "wgan-gp"
+        b = real.size(0)
+        z = torch.randn(b, self.latent_dim, generator=noise, device=device)  # (B, latent)
+        # A conditional critic's penalty needs one label per interpolate: fakes take the real
+        # batch's labels there; other GANs draw their fakes' labels uniformly.
+        fake_labels = (labels if wgan else torch.randint(
+            0, self.num_classes, (b,), generator=noise, device=device)) if cond else None
+
+        # (1) Update D: tell real from G(z). Real and fake go through D in separate forwards
+        # (as in the DCGAN paper's code): D's BatchNorm then normalises each batch by its own
+        # statistics, in this phase and in (2) alike. One mixed forward lets BatchNorm leak
+        # batch-level real/fake information, and G then collapses onto a few modes
+        # (measured: tops only on Fashion-MNIST, recall 0.09).
+        with _autocast(self.precision, device):
+            with torch.set_grad_enabled(g_step):  # a critic-only step needs no graph in G
+                fake = G(z, fake_labels) if cond else G(z)  # (B, C, H, W)
+            real_in = self.augment(real).requires_grad_(self.r1_gamma > 0)
+            logits_real = D(real_in, labels) if cond else D(real_in)  # (B,)
+            detached = self.augment(fake.detach().to(real.dtype))
+            logits_fake = D(detached, fake_labels) if cond else D(detached)  # (B,)
+            loss_d = d_loss(self.loss, logits_real, logits_fake)
+            if wgan:  # the critic's gradient penalty on real-fake interpolates
+                eps = torch.rand(b, 1, 1, 1, generator=noise, device=device, dtype=real.dtype)
+                penalty = gradient_penalty(
+                    (lambda x: D(x, labels)) if cond else D, real_in, detached, eps)
+        total_d = (loss_d + r1_penalty(logits_real, real_in, self.r1_gamma) if self.r1_gamma
+                   else loss_d)
+        if wgan:
+            total_d = total_d + penalty
+        self.opt_d.zero_grad(set_to_none=True)
+        total_d.backward()
+        self.opt_d.step()
+
+        if g_step:
+            # (2) Update G: make D call G(z) real. D's grads from this backward are discarded
+            # (zeroed before D's next step): skip their all-reduce.
+            with _no_sync(D), _autocast(self.precision, device):
+                fake_in = self.augment(fake.to(real.dtype))
+                logits_g = D(fake_in, fake_labels) if cond else D(fake_in)  # (B,)
+                loss_g = g_loss(self.loss, logits_g)
+            self.opt_g.zero_grad(set_to_none=True)
+            with _no_sync(D):
+                loss_g.backward()
+            self.opt_g.step()
+            if self.ema is not None:
+                self.ema.update(unwrap(G))
+            self.loss_g = loss_g
+        assert self.loss_g is not None, "the first step of an epoch is a G step"
+
+        with torch.no_grad():  # (4,) on the device: no host sync here
+            if wgan:  # raw critic scores: their difference estimates the Wasserstein distance
+                d_real, d_fake = logits_real.float().mean(), logits_fake.float().mean()
+            else:  # D(x), D(G(z))
+                d_real = torch.sigmoid(logits_real.float()).mean()
+                d_fake = torch.sigmoid(logits_fake.float()).mean()
+            return torch.stack([loss_d.float(), self.loss_g.float(), d_real, d_fake])
+
+
+class VaeStep:
+    """One ELBO step: encode, reparameterise, decode, and update encoder and decoder on
+    reconstruction + KL (`G` is the decoder with `opt_g`, `D` the encoder with `opt_d`)."""
+
+    def __init__(self, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
+                 opt_d: torch.optim.Optimizer, *, latent_dim: int, noise: torch.Generator,
+                 device: torch.device, precision: str = "fp32",
+                 ema: GeneratorEMA | None = None) -> None:
+        self.G, self.D, self.opt_g, self.opt_d = G, D, opt_g, opt_d
+        self.latent_dim, self.noise, self.device = latent_dim, noise, device
+        self.precision, self.ema = precision, ema
+
+    def __call__(self, real: torch.Tensor, labels: torch.Tensor,
+                 g_step: bool = True) -> torch.Tensor:
+        b = real.size(0)
+        eps = torch.randn(b, self.latent_dim, generator=self.noise, device=self.device)
+        with _autocast(self.precision, self.device):
+            mu, logvar = self.D(real)  # (B, latent) each: q(z|x)
+            z = mu + (0.5 * logvar).exp() * eps  # reparameterised sample of q(z|x)
+            logits = self.G(z, logits=True)  # (B, C, H, W) Bernoulli logits of p(x|z)
+            kl = vae_kl(mu, logvar)
+            loss = vae_reconstruction(logits, real) + kl  # -ELBO, nats per image
+        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        self.opt_d.step()
+        if self.ema is not None:
+            self.ema.update(unwrap(self.G))
+        with torch.no_grad():
+            zero = torch.zeros((), device=loss.device)
+            return torch.stack([kl.detach(), loss.detach(), zero, zero])
