@@ -1,16 +1,20 @@
 """Training throughput: plain torch (1 process x 2 threads, NCHW and channels_last) vs Ray Train
-DDP (2 workers x 1 thread), each put against the FLOP counter and the machine's GEMM peak.
+(1 worker x 2 threads, the CPU profile's layout, and DDP over 2 workers x 1 thread), each put
+against the FLOP counter and the machine's GEMM peak.
 
 All contenders run the same GAN step (`pipeline.train.loop.run_epoch` over
 `pipeline.train.data.DeviceArrays` batches) on the same data (`--data`, by default the prepared
 Fashion-MNIST `data/prepared/train.npz`; when it is missing, sklearn digits upscaled to 28 px),
 with the same DCGAN and optimiser (params.yaml `model` and `train` sections) and the same
-global batch 128. Images/s is the steady state: `--steps` timed steps after `--warmup` steps.
+global batch (params.yaml `train.batch_size`). Images/s is the steady state: `--steps` timed
+steps after `--warmup` steps.
 
   plain     this process, 2 torch threads, NCHW (the default memory format)
   plain_cl  the same with channels_last batches and models (as `loop.train_worker` does)
-  ray       a fresh local Ray, a 2-worker TorchTrainer (DDP, gloo), 1 thread each; channels_last
-            as params.yaml `train.channels_last` says
+  ray_1x2   a fresh local Ray, a 1-worker TorchTrainer with 2 threads (params.yaml's layout on
+            this machine: ray.num_workers 1, cpus_per_worker 2); channels_last as params.yaml
+            `train.channels_last` says
+  ray_ddp   the same with 2 workers x 1 thread: DDP over gloo, half the batch per worker
 
 What the numbers mean (issue 11: the benchmark prints these ratios itself):
   * FLOP/image: `torch.utils.flop_counter.FlopCounterMode` over one `run_epoch` step (D step +
@@ -19,15 +23,15 @@ What the numbers mean (issue 11: the benchmark prints these ratios itself):
     `--gemm-repeats` products, measured once before every round;
   * per contender: GFLOP/s = img/s x FLOP/image, and its share of the median GEMM peak.
 
-Ray start-up, per Ray run: `ray.init` (through the launcher's `ray_session`, as the train stage
-does), then `fit()` start -> workers' entry -> first training step, and the fit's end. Every
-round also runs an EMPTY 2-worker `TorchTrainer.fit()` (a worker function that returns at once)
+Ray start-up, per ray_1x2 run: `ray.init` (through the launcher's `ray_session`, as the train
+stage does), then `fit()` start -> worker entry -> first training step, and the fit's end. Every
+round also runs an EMPTY 1-worker `TorchTrainer.fit()` (a worker function that returns at once)
 in its own fresh Ray: Ray Train's own floor for start-up and teardown.
 
-The machine is shared and noisy, so rounds interleave everything: GEMM, plain, plain_cl, ray,
-empty fit, GEMM, plain, ... (`--repeats` rounds, at least 3). Every figure is reported as the
-median with its min-max and the raw values in run order; ratios are ratios of medians. Run it
-from the repo root inside a network namespace (it starts Ray):
+The machine is shared and noisy, so rounds interleave everything: GEMM, plain, plain_cl,
+ray_1x2, ray_ddp, empty fit, GEMM, plain, ... (`--repeats` rounds, at least 3). Every figure is
+reported as the median with its min-max and the raw values in run order; ratios are ratios of
+medians. Run it from the repo root inside a network namespace (it starts Ray):
 
     unshare -n sh -c 'ip link set lo up; .venv/bin/python benchmarks/train_throughput.py'
 
@@ -65,11 +69,12 @@ from pipeline.train.data import DeviceArrays, load_train_arrays
 from pipeline.train.loop import run_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
-GLOBAL_BATCH = 128
-THREADS = 2  # plain: 1 process x 2 threads; Ray: 2 workers x 1 thread; GEMM peak: 2 threads
+THREADS = 2  # every contender uses the machine's 2 cores; GEMM peak: 2 threads
 CONTENDERS = {"plain": "plain torch 1x2 threads",
               "plain_cl": "plain torch 1x2 threads, channels_last",
-              "ray": "Ray Train DDP 2x1 thread"}
+              "ray_1x2": "Ray Train 1 worker x 2 threads",
+              "ray_ddp": "Ray Train DDP 2 workers x 1 thread"}
+LAYOUTS = {"ray_1x2": (1, 2), "ray_ddp": (2, 1)}  # (workers, threads per worker)
 
 
 def load_data(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
@@ -111,7 +116,8 @@ def gan_steps(params: Params, images: np.ndarray, labels: np.ndarray, steps: int
         epoch += 1
         sampler.set_epoch(epoch)
         stats, _ = run_epoch(
-            G, D, opt_g, opt_d, data.batches(list(sampler), GLOBAL_BATCH // world, channels_last),
+            G, D, opt_g, opt_d,
+            data.batches(list(sampler), train.batch_size // world, channels_last),
             epoch=epoch, latent_dim=model.latent_dim, num_classes=0,
             noise=torch.Generator(device=device).manual_seed(epoch * 1024 + rank),
             device=device, precision=train.precision, max_steps=steps - done, on_step=on_step)
@@ -135,7 +141,7 @@ def timed_steps(params: Params, images: np.ndarray, labels: np.ndarray, warmup: 
 
     gan_steps(params, images, labels, warmup + steps, on_step=on_step, **kwargs)
     seconds = time.perf_counter() - marks["t0"]
-    return {"images_per_s": steps * GLOBAL_BATCH / seconds, "seconds": seconds,
+    return {"images_per_s": steps * params.train.batch_size / seconds, "seconds": seconds,
             "first_step": marks["first_step"], "end": time.time()}
 
 
@@ -145,7 +151,7 @@ def flop_per_image(params: Params, images: np.ndarray, labels: np.ndarray) -> fl
     counter = FlopCounterMode(display=False)
     with counter:
         gan_steps(params, images, labels, 1)
-    return counter.get_total_flops() / GLOBAL_BATCH
+    return counter.get_total_flops() / params.train.batch_size
 
 
 def gemm_gflops(n: int, repeats: int) -> float:
@@ -181,7 +187,7 @@ def _ray_worker(config: dict[str, Any]) -> None:
 
     # As the launcher's worker: Ray Train logs every report at INFO under this logger name.
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    torch.set_num_threads(1)
+    torch.set_num_threads(config["threads"])
     ctx = ray.train.get_context()
     out = timed_steps(config["params"], ray.get(config["images"]), ray.get(config["labels"]),
                       config["warmup"], config["steps"], channels_last=config["channels_last"],
@@ -201,17 +207,18 @@ def _empty_worker(config: dict[str, Any]) -> None:
 
 
 def _fit(params: Params, worker: Callable[[dict[str, Any]], None],
-         config: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
-    """A fresh local Ray (`ray_session`), then one 2-worker TorchTrainer fit of `worker` with
-    `config()` (built inside the session: it may `ray.put`). Returns (rank 0's metrics, driver
-    wall-clock marks: init_s, put_s, fit_start, fit_end)."""
+         config: Callable[[], dict[str, Any]], workers: int, threads: int,
+         ) -> tuple[dict[str, Any], dict[str, float]]:
+    """A fresh local Ray (`ray_session`), then one TorchTrainer fit of `worker` over `workers`
+    workers of `threads` CPUs with `config()` (built inside the session: it may `ray.put`).
+    Returns (rank 0's metrics, driver wall-clock marks: init_s, put_s, fit_start, fit_end)."""
     from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.train.launcher import ray_session
 
     local = params.model_copy(update={"ray": params.ray.model_copy(
-        update={"address": None, "num_workers": THREADS, "cpus_per_worker": 1})})
+        update={"address": None, "num_workers": workers, "cpus_per_worker": threads})})
     storage = tempfile.mkdtemp(prefix="rgf-bench-")
     marks: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -224,7 +231,8 @@ def _fit(params: Params, worker: Callable[[dict[str, Any]], None],
             marks["fit_start"] = time.time()
             result = TorchTrainer(
                 worker, train_loop_config=loop_config,
-                scaling_config=ScalingConfig(num_workers=THREADS, resources_per_worker={"CPU": 1}),
+                scaling_config=ScalingConfig(num_workers=workers,
+                                             resources_per_worker={"CPU": threads}),
                 run_config=RunConfig(name="bench", storage_path=storage,
                                      logging_config=LoggingConfig(log_level="ERROR"))).fit()
             marks["fit_end"] = time.time()
@@ -234,13 +242,14 @@ def _fit(params: Params, worker: Callable[[dict[str, Any]], None],
 
 
 def ray_run(params: Params, images: np.ndarray, labels: np.ndarray, warmup: int, steps: int,
-            channels_last: bool) -> dict[str, float]:
-    """ray: DDP training in a fresh Ray, with its start-up broken down (seconds)."""
+            channels_last: bool, workers: int, threads: int) -> dict[str, float]:
+    """ray_1x2 / ray_ddp: training in a fresh Ray, with its start-up broken down (seconds)."""
     import ray
 
     metrics, m = _fit(params, _ray_worker, lambda: {
         "params": params, "images": ray.put(images), "labels": ray.put(labels),
-        "warmup": warmup, "steps": steps, "channels_last": channels_last})
+        "warmup": warmup, "steps": steps, "channels_last": channels_last,
+        "threads": threads}, workers, threads)
     return {"images_per_s": metrics["images_per_s"], "ray_init_s": m["init_s"],
             "ray_put_s": m["put_s"],
             "fit_start_to_worker_entry_s": metrics["entry"] - m["fit_start"],
@@ -251,10 +260,11 @@ def ray_run(params: Params, images: np.ndarray, labels: np.ndarray, warmup: int,
 
 
 def empty_fit_run(params: Params) -> dict[str, float]:
-    """An empty 2-worker fit in a fresh Ray: Ray Train's floor (seconds)."""
+    """An empty fit in the ray_1x2 layout in a fresh Ray: Ray Train's floor (seconds)."""
     marks_dir = Path(tempfile.mkdtemp(prefix="rgf-marks-"))
     try:
-        _, m = _fit(params, _empty_worker, lambda: {"marks": str(marks_dir)})
+        _, m = _fit(params, _empty_worker, lambda: {"marks": str(marks_dir)},
+                    *LAYOUTS["ray_1x2"])
         entries = [float(p.read_text()) for p in marks_dir.glob("*.t")]
     finally:
         shutil.rmtree(marks_dir, ignore_errors=True)
@@ -335,7 +345,9 @@ def main() -> None:
     common = (params, images, labels, args.warmup, args.steps)
     runners = {"plain": functools.partial(plain_run, *common, channels_last=False),
                "plain_cl": functools.partial(plain_run, *common, channels_last=True),
-               "ray": functools.partial(ray_run, *common, channels_last=ray_cl),
+               **{name: functools.partial(ray_run, *common, channels_last=ray_cl,
+                                          workers=w, threads=t)
+                  for name, (w, t) in LAYOUTS.items()},
                "empty_fit": functools.partial(empty_fit_run, params)}
     # Interleaved rounds: a load spike from other processes hits every contender alike.
     gemm: list[float] = []
@@ -359,7 +371,7 @@ def main() -> None:
     peak = statistics.median(gemm)
     contenders = {name: contender_result(runs[name], flop, peak) for name in CONTENDERS}
     med = {name: c["images_per_s"]["median"] for name, c in contenders.items()}
-    ray_, empty = runs["ray"], runs["empty_fit"]
+    ray_, empty = runs["ray_1x2"], runs["empty_fit"]
 
     def seconds(rs: list[dict[str, float]], key: str) -> dict[str, Any]:
         return summary([r[key] for r in rs], 2)
@@ -369,20 +381,25 @@ def main() -> None:
                                          ".venv/bin/python benchmarks/train_throughput.py'",
         "data": source, "image_shape": list(images.shape[1:]),
         "model": params.model.model_dump(), "precision": params.train.precision,
-        "global_batch": GLOBAL_BATCH, "warmup_steps": args.warmup, "timed_steps": args.steps,
+        "global_batch": params.train.batch_size, "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
         "repeats": args.repeats,
-        "order": "interleaved rounds: gemm, plain, plain_cl, ray, empty_fit, gemm, ...",
+        "order": "interleaved rounds: gemm, plain, plain_cl, ray_1x2, ray_ddp, empty_fit, "
+                 "gemm, ...",
         "flop_per_image": round(flop),
         "flop_counter": "torch.utils.flop_counter.FlopCounterMode over one run_epoch step "
-                        f"(D step + G step, forward + backward) at batch {GLOBAL_BATCH}",
+                        f"(D step + G step, forward + backward) at batch "
+                        f"{params.train.batch_size}",
         "gemm": {"n": args.gemm_n, "repeats_per_round": args.gemm_repeats, "threads": THREADS,
                  "dtype": "float32", "gflop_per_s": summary(gemm),
                  "ceiling_images_per_s": round(peak * 1e9 / flop, 1)},
         "contenders": {name: {"label": CONTENDERS[name], **c} for name, c in contenders.items()},
         "ray_channels_last": ray_cl,
         "ratios_of_medians": {
-            "ray_over_plain": round(med["ray"] / med["plain"], 3),
-            "ray_over_plain_cl": round(med["ray"] / med["plain_cl"], 3),
+            "ray_1x2_over_plain": round(med["ray_1x2"] / med["plain"], 3),
+            "ray_1x2_over_plain_cl": round(med["ray_1x2"] / med["plain_cl"], 3),
+            "ray_ddp_over_plain": round(med["ray_ddp"] / med["plain"], 3),
+            "ray_ddp_over_plain_cl": round(med["ray_ddp"] / med["plain_cl"], 3),
             "plain_cl_over_plain": round(med["plain_cl"] / med["plain"], 3)},
         "startup": {
             "ray_init_s": seconds(ray_, "ray_init_s"),

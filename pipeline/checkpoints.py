@@ -37,9 +37,10 @@ def to_cpu(obj: Any) -> Any:
 
 def save_state(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
     """`torch.save(to_cpu(state))` to a temp file beside `path`, then rename: never a partial
-    file, never a CUDA tensor."""
-    with atomic_path(path, ".pt") as tmp:
-        torch.save(to_cpu(state), tmp)
+    file, never a CUDA tensor. Saved through a file object, so the archive's inner name is
+    torch's fixed default, not the temp file's random name: equal states give equal bytes."""
+    with atomic_path(path, ".pt") as tmp, open(tmp, "wb") as f:
+        torch.save(to_cpu(state), f)
 
 
 def load_state(path: str | os.PathLike[str], expected_format: str, what: str,

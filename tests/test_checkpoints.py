@@ -46,6 +46,18 @@ def test_round_trip_keeps_tensors_and_plain_values(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]  # no temp file left
 
 
+def test_equal_states_give_equal_bytes_whatever_the_file_name(tmp_path: Path) -> None:
+    """DVC hashes the .pt outs: a rerun that computes the same weights must not change them
+    (torch.save to a path would embed the random temp file's name in the archive)."""
+    state = {"format": FMT, "weights": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3}
+    save_state(tmp_path / "generator.pt", state)
+    save_state(tmp_path / "other" / "discriminator.pt", state)
+    first = (tmp_path / "generator.pt").read_bytes()
+    assert first == (tmp_path / "other" / "discriminator.pt").read_bytes()
+    save_state(tmp_path / "generator.pt", {**state, "epoch": 4})
+    assert (tmp_path / "generator.pt").read_bytes() != first  # and the bytes are the content's
+
+
 def test_errors_are_one_line_and_name_the_file(tmp_path: Path) -> None:
     def error(path: Path, fmt: str = FMT) -> str:
         with pytest.raises(UserError) as exc:

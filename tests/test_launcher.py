@@ -168,7 +168,7 @@ def test_end_to_end_two_workers_and_determinism(tmp_path: Path, monkeypatch, ray
     assert run.info.status == "FINISHED"
     assert run.data.tags["world_size"] == "2" and run.data.tags["device"] == "cpu"
     assert run.data.params["train.batch_size"] == "32"
-    history = client.get_metric_history(run.info.run_id, "train/loss_d")
+    history = client.get_metric_history(run.info.run_id, "curves/loss_d")
     assert sorted(m.step for m in history) == [1, 2]
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert "samples/epoch_002.png" in artifacts
@@ -199,10 +199,15 @@ def test_raising_epochs_extends_the_same_run(tmp_path: Path, monkeypatch, ray_cl
     rows = read_log(tmp_path / "m" / "train_log.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert rows[:2] == before  # epochs 1-2 kept as they were, not retrained
+    # total_seconds is the training time of all 3 epochs, not this resume's one epoch.
+    assert again["total_seconds"] == pytest.approx(
+        sum(float(r["epoch_seconds"]) for r in rows), abs=0.02)
+    assert again["total_seconds"] > first["total_seconds"] > 0
+    assert again["stage_seconds"] > 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len(client.search_runs([client.get_experiment_by_name("gan-forensics")
                                    .experiment_id])) == 1
-    steps = sorted(m.step for m in client.get_metric_history(run_id, "train/loss_d"))
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "curves/loss_d"))
     assert steps == [1, 2, 3]  # continuous history: exactly one more epoch was logged
     assert client.get_run(run_id).info.status == "FINISHED"
     G, meta = load_generator(tmp_path / "models" / "generator.pt")

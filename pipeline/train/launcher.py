@@ -44,6 +44,7 @@ from pipeline.config import Params, flatten
 from pipeline.errors import UserError
 from pipeline.io import write_json
 from pipeline.provenance import run_tags
+from pipeline.run_page import train_summary
 from pipeline.tracking import Tracker, run_url, tracking_uri
 from pipeline.train.data import TrainArrays, load_train_arrays
 from pipeline.train.export import export, register_generator
@@ -99,41 +100,72 @@ def _worker_entry(config: dict[str, Any]) -> None:
                 copy_file(str(Path(tmp) / "error.txt"), config["error_file"])
 
 
+# Environment for the embedded local Ray (the user's own settings win). Ray's noise on a
+# healthy run stays off the user's terminal, real errors still print:
+#   * an embedded Ray is one machine, so its node address is the loopback one: Ray then skips
+#     probing 8.8.8.8 for a "local IP" (in a network namespace that printed a "Failed to
+#     determine local IP" warning). Ray reads this from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0;
+#   * one machine gets no preemption notices: Train V2's preemption watcher, whose actor only
+#     logs a core_worker error about its restart arguments, is off (clusters keep it);
+#   * its workers run at the stage's priority: Ray's default niceness 15 lets any other busy
+#     process on the machine starve training.
+LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+             "RAY_worker_niceness": "0"}
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ where the user has not set them, restored on exit."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update({key: os.environ.get(key) or value for key, value in values.items()})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @contextlib.contextmanager
 def ray_session(params: Params) -> Iterator[str]:
     """Connect to `ray.address` / `$RAY_ADDRESS`, else start an embedded local Ray (stopped on
-    exit, with a private short temp dir). An already initialised Ray (tests) is used as is."""
-    import ray
-
-    if ray.is_initialized():
-        yield ray.get_runtime_context().gcs_address
-        return
+    exit, with a private short temp dir, in `LOCAL_ENV`). An already initialised Ray (tests) is
+    used as is."""
     address = params.ray.address or os.environ.get("RAY_ADDRESS")
-    temp_dir = None
-    # ray.init installs a C++ handler that turns SIGTERM into an abort (no cleanup, cluster
-    # left behind); keep the caller's Python handler (the stage's: unwind like Ctrl-C).
-    on_term = signal.getsignal(signal.SIGTERM)
-    # Ray's own loggers in workers/actors at ERROR: without a dashboard, Train V2's
-    # PlacementGroupCleaner warns every few seconds that the state API is unavailable. Our
-    # epoch lines are prints, so they still reach the driver.
-    quiet = ray.LoggingConfig(encoding="TEXT", log_level="ERROR")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING, logging_config=quiet)
-    else:
-        workers = params.ray.num_workers
-        cpus = (workers * params.ray.cpus_per_worker if isinstance(workers, int)
-                else os.cpu_count() or 1)
-        temp_dir = tempfile.mkdtemp(prefix="rgf-", dir="/tmp")  # unix sockets: short paths
-        ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING,
-                 _temp_dir=temp_dir, logging_config=quiet)
-    if callable(on_term) and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield address or "local"
-    finally:
-        ray.shutdown()
-        if temp_dir:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+    # Before Ray's first import: it reads some of LOCAL_ENV into module constants.
+    with _environ({} if address else LOCAL_ENV):
+        import ray
+
+        if ray.is_initialized():
+            yield ray.get_runtime_context().gcs_address
+            return
+        temp_dir = None
+        # ray.init installs a C++ handler that turns SIGTERM into an abort (no cleanup, cluster
+        # left behind); keep the caller's Python handler (the stage's: unwind like Ctrl-C).
+        on_term = signal.getsignal(signal.SIGTERM)
+        # Ray's own loggers in workers/actors at ERROR: without a dashboard, Train V2's
+        # PlacementGroupCleaner warns every few seconds that the state API is unavailable. Our
+        # epoch lines are prints, so they still reach the driver.
+        quiet = ray.LoggingConfig(encoding="TEXT", log_level="ERROR")
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING, logging_config=quiet)
+        else:
+            workers = params.ray.num_workers
+            cpus = (workers * params.ray.cpus_per_worker if isinstance(workers, int)
+                    else os.cpu_count() or 1)
+            temp_dir = tempfile.mkdtemp(prefix="rgf-", dir="/tmp")  # unix sockets: short paths
+            ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING,
+                     _temp_dir=temp_dir, logging_config=quiet)
+        if callable(on_term) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_term)
+        try:
+            yield address or "local"
+        finally:
+            ray.shutdown()
+            if temp_dir:
+                shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def resolve_workers(params: Params, resources: dict[str, float]) -> int:
@@ -282,18 +314,22 @@ def train(params: Params, data: str | Path, models_dir: Path, metrics_dir: Path,
                 history = export(Path(ckpt_dir), models_dir, metrics_dir)
             last = history[-1]
             summary = {**{k: last[k] for k in LOG_FIELDS}, "world_size": workers,
-                       "run_name": name, "total_seconds": round(time.monotonic() - start, 2),
+                       "run_name": name,
+                       # Training time over every epoch, across resumes and restarts; the
+                       # stage's own wall time (with Ray start-up) is this invocation's only.
+                       "total_seconds": round(sum(r["epoch_seconds"] for r in history), 2),
+                       "stage_seconds": round(time.monotonic() - start, 2),
                        "mean_images_per_s": sum(r["images_per_s"] for r in history)
                        / len(history)}
             write_json(metrics_dir / "train.json", summary)
-            version = register_generator(tracker, models_dir / "generator.pt",
-                                         params.mlflow.registered_model)
+            version = register_generator(tracker, models_dir / "generator.pt", params)
             tracker.write_run_file(models_dir / "run.json", run_name=name, world_size=workers,
                                    registered_model=params.mlflow.registered_model,
                                    model_version=version)
             tracker.log_artifact(metrics_dir / "train_loss.png", "plots")
-            tracker.log_metrics({"train/total_seconds": summary["total_seconds"]})
-    print(f"trained {last['epoch']} epochs in {summary['total_seconds']:.0f} s: loss_d="
+            tracker.log_summary(train_summary(tracker.run_id, summary, metrics_dir / "samples"))
+    print(f"trained {last['epoch']} epochs in {summary['total_seconds']:.0f} s "
+          f"(this run: {summary['stage_seconds']:.0f} s with Ray start-up): loss_d="
           f"{last['loss_d']:.3f} loss_g={last['loss_g']:.3f} "
           f"{summary['mean_images_per_s']:.0f} img/s", flush=True)
     return summary

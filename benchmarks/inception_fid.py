@@ -1,0 +1,92 @@
+"""Inception FID of the default run's generator at N images, divided by the real-vs-real floor
+at the same N (issue 11's yardstick: the CEO's fresh-machine check used N = 1 000).
+
+    unshare -n sh -c 'ip link set lo up; .venv/bin/python benchmarks/inception_fid.py'
+
+Protocol, all sets of exactly N images, drawn with a seeded permutation (`--seed`):
+  * fake:      the first N of `--fake` (the generate stage's data/generated/eval.npz);
+  * reference: N images of the TEST split (data/prepared/test.npz), never seen in training;
+  * floor:     N images of the TRAIN split against the same reference: the FID two real samples
+               of this size score, i.e. what a perfect generator would get at this N.
+The features are the pipeline's own standard TF-Inception pool3 (`pipeline/metrics/features.py`,
+the weights DESIGN.md names) and the Frechet distance is `pipeline/metrics/frechet.py`; the
+evaluate stage itself uses N = 200 on a CPU (params.yaml `evaluate.inception.cpu_num_samples`).
+Writes benchmarks/results/inception_fid_<N>.json (`--out`). About 4 minutes at N = 1 000 here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.io import write_json
+from pipeline.metrics.evaluate import load_split_images
+from pipeline.metrics.features import extract, inception_extractor
+from pipeline.metrics.frechet import fid_from_features
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = ROOT / "data" / "generated" / "eval.npz"
+
+
+def pick(images: np.ndarray, n: int, seed: int, where: str) -> np.ndarray:
+    if len(images) < n:
+        raise SystemExit(f"error: {where}: {len(images)} images, fewer than N={n}")
+    return images[np.random.default_rng(seed).permutation(len(images))[:n]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000, help="images per set")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fake", type=Path, default=FAKE)
+    parser.add_argument("--real", type=Path, default=ROOT / "data" / "prepared")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default benchmarks/results/inception_fid_<N>.json")
+    args = parser.parse_args()
+    out = args.out or ROOT / "benchmarks" / "results" / f"inception_fid_{args.n}.json"
+    torch.set_num_threads(os.cpu_count() or 1)
+    sets = {"fake": pick(load_split_images(args.fake), args.n, args.seed, str(args.fake)),
+            "reference_test": pick(load_split_images(args.real / "test.npz"), args.n,
+                                   args.seed + 1, "test.npz"),
+            "floor_train": pick(load_split_images(args.real / "train.npz"), args.n,
+                                args.seed + 2, "train.npz")}
+    ex = inception_extractor("cpu")
+    started = time.monotonic()
+    feats = {name: extract(images, ex, 50, f"inception {name}") for name, images in sets.items()}
+    fid = fid_from_features(feats["fake"], feats["reference_test"])
+    floor = fid_from_features(feats["floor_train"], feats["reference_test"])
+    result = {
+        "machine": {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                    "platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "torch": torch.__version__},
+        "command": "unshare -n sh -c 'ip link set lo up; .venv/bin/python "
+                   f"benchmarks/inception_fid.py --n {args.n}'",
+        "n": args.n, "seed": args.seed, "fake": str(args.fake),
+        "generator_run": _run_name() if args.fake == FAKE else None,
+        "fid_inception": round(fid, 2), "fid_inception_floor": round(floor, 2),
+        "ratio_to_floor": round(fid / floor, 3),
+        "protocol": "fake vs N test images; floor = N train images vs the same test images; "
+                    "TF-Inception pool3, the pipeline's extractor",
+        "feature_seconds": round(time.monotonic() - started, 1),
+    }
+    write_json(out, result)
+    print(f"Inception FID at N={args.n}: {fid:.2f}, real-vs-real floor {floor:.2f}, "
+          f"ratio {fid / floor:.2f}; wrote {out}")
+
+
+def _run_name() -> str | None:
+    """The train stage's run name, when its train.json is there (the fakes' generator)."""
+    path = ROOT / "metrics" / "train.json"
+    return json.loads(path.read_text()).get("run_name") if path.is_file() else None
+
+
+if __name__ == "__main__":
+    main()
