@@ -89,6 +89,8 @@ submit: setup
 
 ui: setup
 	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning"
+	@# a copied or moved checkout: point the store's artifact locations here first
+	@$(PY) -c 'from pathlib import Path; from pipeline.tracking import relocate_store; relocate_store(Path("mlflow.db"))'
 	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
 	  --backend-store-uri sqlite:///$(abspath mlflow.db) --artifacts-destination $(abspath mlartifacts)
 

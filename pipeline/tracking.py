@@ -52,6 +52,14 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
+DEFAULT_STORE = "sqlite:///mlflow.db"  # relative: the repo root's mlflow.db, as run.json says
+# Where MLflow keeps absolute paths into the checkout (MLflow 3 schema): a copied or moved
+# checkout's store is rewritten to point at the new one (`relocate_store`).
+LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                    ("logged_models", "artifact_location"),
+                    ("model_versions", "storage_location"))
+
+
 def tracking_uri(cfg: MlflowConfig, root: Path | None = None) -> str:
     """params > $MLFLOW_TRACKING_URI > `sqlite:///<repo>/mlflow.db` (absolute: workers chdir)."""
     if cfg.tracking_uri:
@@ -59,6 +67,59 @@ def tracking_uri(cfg: MlflowConfig, root: Path | None = None) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{((root or Path.cwd()) / 'mlflow.db').resolve()}"
+
+
+def portable_uri(uri: str, root: Path | None = None) -> str:
+    """`uri` as a committed file may hold it: the repo's own sqlite store as DEFAULT_STORE."""
+    return DEFAULT_STORE if uri == f"sqlite:///{((root or Path.cwd()) / 'mlflow.db').resolve()}" \
+        else uri
+
+
+def relocate_store(db: Path) -> None:
+    """Make a copied or moved checkout's sqlite store point into this checkout.
+
+    MLflow stores artifact locations as absolute paths (it resolves even a relative one when it
+    creates an experiment), so a store copied along with its checkout would send new artifacts,
+    and the UI's reads, to the old checkout. Every location under the old checkout's root (the
+    parent of the `mlartifacts/` or `mlruns/` an experiment points at) is rewritten to this
+    one's. A store created here, or not an MLflow store, is left alone.
+    """
+    import sqlite3
+    from urllib.parse import unquote, urlparse
+
+    if not db.is_file():
+        return
+    here = db.resolve().parent
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        try:
+            locations = [row[0] for row in con.execute("SELECT artifact_location FROM experiments")]
+        except sqlite3.DatabaseError:
+            return
+        roots = set()
+        for location in locations:
+            path = Path(unquote(urlparse(location).path) if "://" in location else location)
+            for parent in (path, *path.parents):
+                if parent.name in ("mlartifacts", "mlruns"):
+                    roots.add(parent.parent)
+                    break
+        with con:
+            for old in roots - {here}:
+                for table, column in LOCATION_COLUMNS:
+                    for prefix_old, prefix_new in ((old.as_uri() + "/", here.as_uri() + "/"),
+                                                   (f"{old}/", f"{here}/")):
+                        with contextlib.suppress(sqlite3.OperationalError):  # no such table
+                            con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?)"
+                                        f" WHERE substr({column}, 1, ?) = ?",
+                                        (prefix_new, len(prefix_old) + 1, len(prefix_old),
+                                         prefix_old))
+
+
+def open_store(uri: str) -> None:
+    """Before a Tracker uses `uri`: an HTTP server must answer; a sqlite store must point into
+    this checkout (`relocate_store`)."""
+    if uri.startswith("sqlite:///"):
+        relocate_store(Path(uri.removeprefix("sqlite:///")))
+    ensure_reachable(uri)
 
 
 def ensure_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -125,7 +186,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         uri = tracking_uri(cfg)
-        ensure_reachable(uri)
+        open_store(uri)
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(cfg.experiment)
         # sqlite store: artifacts in `mlartifacts/` beside the database file (what `make ui`
@@ -153,8 +214,9 @@ class Tracker:
             raise UserError(f"{path}: no MLflow run id ({exc}); run the train stage") from None
         # An explicit URI (params or env) wins; otherwise the store the run was created in.
         explicit = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        uri = tracking_uri(cfg) if explicit else (info.get("tracking_uri") or tracking_uri(cfg))
-        ensure_reachable(uri)
+        stored = info.get("tracking_uri")
+        uri = tracking_uri(cfg) if explicit or stored in (None, DEFAULT_STORE) else stored
+        open_store(uri)
         tracker = cls(uri, run_id, exp_id)
         tracker.model = (info.get("registered_model"), info.get("model_version"))
         return tracker
@@ -166,7 +228,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         uri = tracking_uri(cfg)
-        ensure_reachable(uri)
+        open_store(uri)
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(cfg.experiment)
         if exp is None:
@@ -183,7 +245,7 @@ class Tracker:
         write_json(path, {
             "run_id": self.run_id,
             "experiment_id": self.experiment_id,
-            "tracking_uri": self.uri,
+            "tracking_uri": portable_uri(self.uri),
             "ui": run_url(self.uri, self.experiment_id, self.run_id),
             **extra,
         })
@@ -252,7 +314,7 @@ class Tracker:
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         dataset = Dataset(name=name, digest=digest[:36], source_type="local",
-                          source=json.dumps({"uri": str(Path(path).resolve())}),
+                          source=json.dumps({"uri": _repo_relative(Path(path))}),
                           profile=json.dumps({"num_rows": n}))
         tag = InputTag(key="mlflow.data.context", value=context)
         self._call(f"dataset {name}", self.client.log_inputs, self.run_id,
@@ -333,3 +395,10 @@ class Tracker:
                 f"MLflow ({self.uri}) did not record: {shown}. The stage's files were written; "
                 "rerun the stage when the server is back to log them"
             )
+
+
+def _repo_relative(path: Path) -> str:
+    """`path` relative to the cwd (the repo root for the stages) when it is inside it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(Path.cwd().resolve())
+               if resolved.is_relative_to(Path.cwd().resolve()) else resolved)

@@ -185,3 +185,51 @@ def test_only_the_champion_alias_moves_on_registration(tmp_path, monkeypatch):
     assert str(client.get_model_version_by_alias("g", "champion").version) == "1"
     assert client.get_model_version("g", "2").tags == {"git.commit": "c" * 40}
     assert champion_uri("g") == "models:/g@champion"
+
+
+# -- portable checkouts ------------------------------------------------------------------------
+
+def _files(root) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_copied_checkout_writes_only_inside_itself(tmp_path, monkeypatch):
+    """`cp -r` a checkout with its mlflow.db, run again in the copy: new runs, new artifacts and
+    the old runs' artifact reads all stay inside the copy; run.json holds no absolute path."""
+    import json
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    old, new = tmp_path / "checkout", tmp_path / "copy"
+    old.mkdir()
+    (tmp_path / "grid.png").write_bytes(b"png")
+    cfg = MlflowConfig(experiment="portable")
+
+    def one_run(root):
+        monkeypatch.chdir(root)
+        tracker = Tracker.start(cfg, "gan-1", {})
+        tracker.log_artifact(tmp_path / "grid.png", "samples")
+        tracker.log_dataset("train", root / "data.npz", "training", "0" * 64, 10)
+        tracker.write_run_file(root / "run.json")
+        tracker.close()
+        return tracker.run_id
+
+    first = one_run(old)
+    shutil.copytree(old, new)
+    before = _files(old)
+    second = one_run(new)
+
+    assert _files(old) == before  # nothing written to, or changed in, the original
+    assert (new / "mlartifacts" / second / "artifacts" / "samples" / "grid.png").is_file()
+    info = json.loads((new / "run.json").read_text())
+    assert info["tracking_uri"] == "sqlite:///mlflow.db" and str(tmp_path) not in json.dumps(info)
+    client = MlflowClient(f"sqlite:///{new / 'mlflow.db'}")
+    for run_id in (first, second):
+        run = client.get_run(run_id)
+        assert run.info.artifact_uri.startswith((new / "mlartifacts").as_uri())
+        assert json.loads(run.inputs.dataset_inputs[0].dataset.source)["uri"] == "data.npz"
+    shutil.rmtree(old)  # the old checkout gone: the copy still reads the first run's files
+    assert client.download_artifacts(first, "samples/grid.png", str(tmp_path))
+    assert Tracker.reopen(cfg, new / "run.json").uri == f"sqlite:///{new / 'mlflow.db'}"
