@@ -69,7 +69,7 @@ def main() -> None:
                     "torch": torch.__version__},
         "command": "unshare -n sh -c 'ip link set lo up; .venv/bin/python "
                    f"benchmarks/inception_fid.py --n {args.n}'",
-        "n": args.n, "seed": args.seed, "fake": str(args.fake),
+        "n": args.n, "seed": args.seed, "fake": _shown(args.fake),
         "generator_run": _run_name() if args.fake == FAKE else None,
         "fid_inception": round(fid, 2), "fid_inception_floor": round(floor, 2),
         "ratio_to_floor": round(fid / floor, 3),
@@ -80,6 +80,12 @@ def main() -> None:
     write_json(out, result)
     print(f"Inception FID at N={args.n}: {fid:.2f}, real-vs-real floor {floor:.2f}, "
           f"ratio {fid / floor:.2f}; wrote {out}")
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the repo when inside it: committed results hold no absolute path."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
 def _run_name() -> str | None:

@@ -81,7 +81,9 @@ def load_data(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
     """Images uint8 (N, H, W, C) and labels (N,): `path` if it exists, else sklearn digits."""
     if path.is_file():
         arrays = load_train_arrays(path)
-        return arrays.images, arrays.labels, str(path)
+        resolved = path.resolve()  # committed results hold no absolute path
+        return arrays.images, arrays.labels, str(
+            resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved)
     from sklearn.datasets import load_digits
 
     d = load_digits()
