@@ -1,0 +1,291 @@
+"""pipeline.forensics: the perturbations on known images, calibrated scores on hand-computed
+cases, and crossgen end to end on sklearn digits against three cheap, deterministic "families"
+of fakes (real digits with different artefacts), with tiny detectors (width 8, one epoch)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+from sklearn.metrics import roc_auc_score
+
+from pipeline.errors import UserError
+from pipeline.forensics.crossgen import CrossgenConfig, Split, run_crossgen
+from pipeline.forensics.perturbations import blur, down_up, jpeg, robustness_levels
+from pipeline.forensics.plots import write_plots
+from pipeline.forensics.scores import balanced_accuracy, calibrate_threshold, score_set
+from pipeline.forensics.train import TrainSpec, augment, train_detector
+
+SCORE_KEYS = {"auc", "ap", "accuracy", "calibrated_accuracy", "eer", "tpr_at_1fpr"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The detectors are tiny; one thread keeps a shared machine responsive."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def textured(n: int = 4, size: int = 28, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """Uniform gray noise, the same in every channel (no colour: JPEG's 4:2:0 chroma
+    subsampling would change per-channel noise even at q=100)."""
+    gray = np.random.default_rng(seed).integers(0, 256, (n, size, size, 1), dtype=np.uint8)
+    return np.repeat(gray, channels, axis=-1)
+
+
+# --- perturbations on known images -------------------------------------------------------------
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_jpeg_q100_keeps_a_flat_image_and_q30_changes_a_textured_one(channels):
+    flat = np.full((2, 28, 28, channels), 130, dtype=np.uint8)
+    out = jpeg(flat, 100)
+    assert out.shape == flat.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - flat).max() <= 1
+    tex = textured(channels=channels)
+    assert np.abs(jpeg(tex, 30).astype(int) - tex).mean() > 20  # uniform noise: ~75 on average
+    assert np.abs(jpeg(tex, 100).astype(int) - tex).mean() < \
+        np.abs(jpeg(tex, 30).astype(int) - tex).mean() / 3
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_blur_sigma_zero_is_the_identity(channels):
+    tex = textured(channels=channels)
+    out = blur(tex, 0)
+    assert np.array_equal(out, tex) and out is not tex
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])
+def test_blur_spreads_a_bright_pixel_as_a_gaussian(sigma):
+    img = np.zeros((1, 33, 33, 3), dtype=np.uint8)
+    img[0, 16, 16] = 255
+    out = blur(img, sigma).astype(float)
+    # Closed form: scipy's kernel is the sampled Gaussian, truncated at 4 sigma, normalised.
+    r = int(4 * sigma + 0.5)
+    x = np.arange(-r, r + 1)
+    g = np.exp(-x**2 / (2 * sigma**2))
+    g /= g.sum()
+    expected = np.zeros((33, 33))
+    expected[16 - r:16 + r + 1, 16 - r:16 + r + 1] = 255 * np.outer(g, g)
+    for ch in range(3):
+        assert np.abs(out[0, :, :, ch] - expected).max() <= 0.5 + 1e-9  # uint8 rounding only
+    reference = gaussian_filter(img[0, :, :, 0].astype(float), sigma, mode="reflect")
+    assert np.abs(out[0, :, :, 0] - reference).max() <= 0.5 + 1e-9
+    assert out[0, 16, 16, 0] == round(255 * g[r] ** 2)  # the peak falls as 1 / (2 pi sigma^2)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_down_up_keeps_a_constant_image_and_loses_a_checkerboard(channels):
+    const = np.full((2, 28, 28, channels), 77, dtype=np.uint8)
+    assert np.array_equal(down_up(const, 0.5), const)
+    yy, xx = np.mgrid[:28, :28]
+    board = np.repeat(((yy + xx) % 2 * 255).astype(np.uint8)[None, :, :, None], channels, -1)
+    out = down_up(board, 0.5).astype(float)
+    assert out.shape == board.shape
+    assert board.std() > 120
+    assert out[:, 2:-2, 2:-2].std() < 2 and abs(out.mean() - 127.5) < 2  # flat mid-gray
+
+
+def test_robustness_levels_are_the_issue_sweep():
+    levels = [(kind, level) for kind, level, _ in robustness_levels()]
+    assert levels == [("jpeg", 100), ("jpeg", 90), ("jpeg", 75), ("jpeg", 50), ("jpeg", 30),
+                      ("blur", 0.0), ("blur", 0.5), ("blur", 1.0), ("blur", 2.0),
+                      ("blur", 3.0), ("down_up", 0.5)]
+    tex = textured()
+    for _, _, transform in robustness_levels():
+        assert transform(tex).shape == tex.shape
+
+
+# --- scores ------------------------------------------------------------------------------------
+
+def test_calibrated_threshold_maximises_balanced_accuracy_on_a_hand_computed_case():
+    # 3 reals, 4 fakes. Midpoint thresholds and their balanced accuracy (TPR + TNR) / 2:
+    # 0.25 -> (4/4 + 2/3)/2 = .833; 0.325 -> (3/4 + 2/3)/2 = .708; 0.525 -> (3/4 + 3/3)/2 = .875;
+    # 0.75 -> (2/4 + 1)/2 = .75; ... so 0.525 wins.
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.35, 0.3, 0.7, 0.8, 0.9])
+    thr = calibrate_threshold(labels, scores)
+    assert thr == pytest.approx(0.525)
+    assert balanced_accuracy(labels, scores, thr) == pytest.approx(0.875)
+    # On the test split: at 0.5 two reals (0.5, 0.6) are called fake; at 0.525 only 0.6 is.
+    out = score_set(np.array([0, 0, 1, 1]), np.array([0.5, 0.6, 0.55, 0.9]), thr)
+    assert out["accuracy"] == pytest.approx(0.5)
+    assert out["calibrated_accuracy"] == pytest.approx(0.75)
+    assert out["calibrated_threshold"] == pytest.approx(0.525)
+
+
+def test_eer_and_tpr_at_1fpr_on_a_closed_form_case():
+    # Reals score 0..99, fakes 49.5..148.5: half the fakes beat every real.
+    labels = np.r_[np.zeros(100), np.ones(100)]
+    scores = np.r_[np.arange(100.0), 49.5 + np.arange(100.0)]
+    out = score_set(labels, scores / 200, threshold=0.5)
+    # FPR = FNR = 25 % at a threshold of 74.5 (reals 75..99 above, fakes 49.5..73.5 below).
+    assert out["eer"] == pytest.approx(0.25)
+    # At most one real (99) above the threshold: fakes >= 98.5 are caught, 51 of them.
+    assert out["tpr_at_1fpr"] == pytest.approx(0.51)
+    assert out["auc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert set(out) == SCORE_KEYS | {"calibrated_threshold"}
+
+
+# --- training ----------------------------------------------------------------------------------
+
+def test_augmentation_is_seeded_and_p_controls_it():
+    tex = textured(n=32)
+    assert np.array_equal(augment(tex, TrainSpec(aug_prob=0.0), np.random.default_rng(0)), tex)
+    a = augment(tex, TrainSpec(aug_prob=0.5), np.random.default_rng(0))
+    b = augment(tex, TrainSpec(aug_prob=0.5), np.random.default_rng(0))
+    assert np.array_equal(a, b)
+    changed = (a != tex).any(axis=(1, 2, 3))
+    assert 0 < changed.sum() < 32  # P(neither) = 1/4: some images untouched, most changed
+    assert (augment(tex, TrainSpec(aug_prob=1.0), np.random.default_rng(1)) != tex).any(
+        axis=(1, 2, 3)).all()
+
+
+def test_detector_training_is_deterministic_and_leaves_the_global_rng_alone():
+    real, fake = textured(16, seed=1), textured(16, seed=2)
+    spec = TrainSpec(epochs=1, batch_size=8, width=4, aug_prob=0.5, seed=3)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    m1 = train_detector(real, fake, spec)
+    assert torch.equal(torch.get_rng_state(), state)
+    m2 = train_detector(real, fake, spec)
+    for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
+        assert torch.equal(v1, v2), k
+
+
+# --- crossgen end to end -----------------------------------------------------------------------
+
+def digits_28() -> np.ndarray:
+    """sklearn's 1797 digits, bilinearly upscaled to uint8 (N, 28, 28, 1)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    small = np.round(load_digits().images * 255 / 16).astype(np.uint8)
+    big = [np.asarray(Image.fromarray(im).resize((28, 28), Image.Resampling.BILINEAR))
+           for im in small]
+    return np.stack(big)[..., None]
+
+
+def checker(images: np.ndarray) -> np.ndarray:
+    """A +-16 one-pixel checkerboard: the transposed-convolution artefact, exaggerated."""
+    yy, xx = np.mgrid[:28, :28]
+    pattern = np.where((yy + xx) % 2 == 0, 16, -16)[None, :, :, None]
+    return np.clip(images.astype(int) + pattern, 0, 255).astype(np.uint8)
+
+
+def blur_noise(images: np.ndarray) -> np.ndarray:
+    """Over-smooth, then sensor-like noise (std 10): a blurry, grainy generator."""
+    noise = np.random.default_rng(5).normal(0, 10, images.shape)
+    return np.clip(np.round(blur(images, 1.0) + noise), 0, 255).astype(np.uint8)
+
+
+def shuffled_patches(images: np.ndarray) -> np.ndarray:
+    """The 4 x 4 grid of 7-px patches of each image, shuffled: right texture, wrong layout."""
+    rng = np.random.default_rng(6)
+    out = np.empty_like(images)
+    for i, img in enumerate(images):
+        tiles = [img[r:r + 7, c:c + 7] for r in range(0, 28, 7) for c in range(0, 28, 7)]
+        order = rng.permutation(16)
+        for k, t in enumerate(order):
+            r, c = divmod(k, 4)
+            out[i, 7 * r:7 * r + 7, 7 * c:7 * c + 7] = tiles[t]
+    return out
+
+
+def split(images: np.ndarray) -> Split:
+    return Split(images[:480], images[480:640], images[640:880])
+
+
+@pytest.fixture(scope="module")
+def crossgen_result():
+    images = digits_28()
+    real_pool, fake_pool = images[:880], images[880:1760]  # fakes never reuse a real image
+    fakes = {"checker": split(checker(fake_pool)), "blur-noise": split(blur_noise(fake_pool)),
+             "patches": split(shuffled_patches(fake_pool))}
+    spec = TrainSpec(epochs=1, batch_size=32, lr=2e-3, width=8, seed=0)
+    config = CrossgenConfig(detector=spec, attributor=replace_epochs(spec, 2))
+    return run_crossgen(split(real_pool), fakes, config)
+
+
+def replace_epochs(spec: TrainSpec, epochs: int) -> TrainSpec:
+    from dataclasses import replace
+
+    return replace(spec, epochs=epochs)
+
+
+def test_crossgen_has_every_key_and_is_json(crossgen_result):
+    r = crossgen_result
+    assert set(r) == {"matrix", "leave_one_out", "attribution", "robustness", "sizes", "params"}
+    families = ["checker", "blur-noise", "patches"]
+    assert r["params"]["families"] == families
+    assert list(r["matrix"]) == families
+    for row in r["matrix"].values():
+        assert list(row) == families
+        for cell in row.values():
+            assert set(cell) >= SCORE_KEYS
+    assert set(r["leave_one_out"]) == {"per_family", "mean_ap", "mean_calibrated_accuracy"}
+    assert list(r["leave_one_out"]["per_family"]) == families
+    for cell in r["leave_one_out"]["per_family"].values():
+        assert set(cell) >= SCORE_KEYS
+    assert json.loads(json.dumps(r)) == r
+    assert r["sizes"]["matrix_test"] == {f: [240, 240] for f in families}
+    assert r["sizes"]["robustness_test"] == [240, 240]
+
+
+def test_a_detector_catches_the_family_it_trained_on(crossgen_result):
+    m = crossgen_result["matrix"]
+    for family in m:
+        assert m[family][family]["auc"] > 0.85, (family, m[family][family])
+        assert m[family][family]["ap"] > 0.85, (family, m[family][family])
+        assert m[family][family]["calibrated_accuracy"] > 0.7, (family, m[family][family])
+
+
+def test_leave_one_out_means_are_the_means_of_its_cells(crossgen_result):
+    loo = crossgen_result["leave_one_out"]
+    cells = loo["per_family"].values()
+    assert loo["mean_ap"] == pytest.approx(np.mean([c["ap"] for c in cells]))
+    assert loo["mean_calibrated_accuracy"] == pytest.approx(
+        np.mean([c["calibrated_accuracy"] for c in cells]))
+    for c in cells:
+        assert 0 <= c["eer"] <= 1 and 0 <= c["tpr_at_1fpr"] <= 1
+
+
+def test_attribution_confusion_counts_every_test_image(crossgen_result):
+    att = crossgen_result["attribution"]
+    assert att["classes"] == ["real", "checker", "blur-noise", "patches"]
+    confusion = np.array(att["confusion"])
+    assert confusion.shape == (4, 4)
+    assert confusion.sum() == 4 * 240 == 4 * att["n_test_per_class"]
+    assert (confusion.sum(axis=1) == 240).all()  # rows = true class, balanced
+    assert att["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+    assert att["accuracy"] > 0.6  # chance is 0.25
+
+
+def test_robustness_table_has_every_level(crossgen_result):
+    rob = crossgen_result["robustness"]
+    assert [r["level"] for r in rob["jpeg"]] == [100, 90, 75, 50, 30]
+    assert [r["level"] for r in rob["blur"]] == [0.0, 0.5, 1.0, 2.0, 3.0]
+    assert [r["level"] for r in rob["down_up"]] == [0.5]
+    for rows in rob.values():
+        for r in rows:
+            assert 0 <= r["ap"] <= 1 and 0 <= r["auc"] <= 1
+    # Unperturbed (q 100 ~ sigma 0), the all-family detector separates real from fake.
+    assert rob["blur"][0]["auc"] > 0.8
+
+
+def test_plots_are_written(crossgen_result, tmp_path):
+    paths = write_plots(crossgen_result, tmp_path)
+    assert [p.name for p in paths] == ["matrix_auc.png", "matrix_ap.png", "attribution.png",
+                                       "robustness.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_crossgen_needs_two_families():
+    x = textured(8)
+    with pytest.raises(UserError, match="at least two families"):
+        run_crossgen(Split(x, x, x), {"only": Split(x, x, x)})
