@@ -18,6 +18,7 @@ STAMP    := $(VENV)/.installed-$(TORCH)-$(shell cat $(LOCKS) pyproject.toml 2>/d
 NETNS    ?= 0
 PYTEST_ARGS ?=
 UI_PORT  ?= 5000
+FAMILY   ?= dcgan
 FMNIST   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 # `unshare -n` as root, `unshare -rn` (user namespace) otherwise; empty when neither works.
@@ -34,7 +35,8 @@ help:
 	@echo "make test            set up and run the tests (inside a network namespace when possible)"
 	@echo "make ui              serve the MLflow UI for this repo's runs on 127.0.0.1:$(UI_PORT)"
 	@echo "make compare         key metrics of the workspace and each DVC experiment, one table"
-	@echo "make submit          send the train stage to a Ray cluster (RAY_ADDRESS=http://head:8265)"
+	@echo "make submit          send a train stage to a Ray cluster (RAY_ADDRESS=http://head:8265,"
+	@echo "                     FAMILY=dcgan: which zoo family)"
 
 $(STAMP): $(LOCKS) pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,7 +87,8 @@ lint: setup
 
 # The train stage on a Ray cluster; outputs come back into models/ and metrics/.
 submit: setup
-	$(ENV_RUN) $(VENV)/bin/gan-forensics submit $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
+	$(ENV_RUN) $(VENV)/bin/gan-forensics submit $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) \
+	  --family $(FAMILY)
 
 ui: setup
 	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning"

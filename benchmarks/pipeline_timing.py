@@ -4,8 +4,8 @@
 
 Runs `dvc repro [--force]` with the venv on PATH, timestamps every "Running stage 'X'" line
 DVC prints, and writes benchmarks/results/pipeline_timing.json: per-stage seconds (from its
-start line to the next stage's, or to the end), the total, the per-epoch log lines the train
-stage printed, and the machine. `--force` re-runs every stage (the from-scratch figure, the
+start line to the next stage's, or to the end), the total, the per-epoch log lines each
+train stage printed (by stage), and the machine. `--force` re-runs every stage (the from-scratch figure, the
 one-time install aside); without it only what changed runs.
 """
 
@@ -38,7 +38,8 @@ def main() -> None:
     cmd = ["dvc", "repro", *(["--force"] if args.force else [])]
     start = time.monotonic()
     marks: list[tuple[str, float]] = []
-    epoch_lines, lines = [], 0
+    epoch_lines: dict[str, list[str]] = {}
+    lines = 0
     with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as proc:
         assert proc.stdout is not None
@@ -47,8 +48,8 @@ def main() -> None:
             lines += 1
             if match := STAGE_LINE.match(line):
                 marks.append((match.group(1), time.monotonic() - start))
-            if EPOCH_LINE.search(line):
-                epoch_lines.append(line.strip())
+            if EPOCH_LINE.search(line) and marks:
+                epoch_lines.setdefault(marks[-1][0], []).append(line.strip())
     total = time.monotonic() - start
     if proc.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} exited {proc.returncode}; nothing written")

@@ -2,7 +2,7 @@
 
     gan-forensics fid A B [--features domain|inception] [--n N] [--floor-ref REAL] [--json]
     gan-forensics detect IMAGE_OR_FOLDER [--model models/detector.pt] [--resize] [--json]
-    gan-forensics sample [--generator models/generator.pt] [--n 64] [--out samples.png]
+    gan-forensics sample [--generator models/dcgan/generator.pt] [--n 64] [--out samples.png]
     gan-forensics submit [--address http://HEAD:8265]
     gan-forensics run-url
 
@@ -25,13 +25,14 @@ from pathlib import Path
 from pipeline.errors import UserError, run_cli
 
 EPILOG = """examples:
-  gan-forensics fid data/generated/eval.npz data/prepared/test.npz --n 5000
+  gan-forensics fid data/generated/dcgan/eval.npz data/prepared/test.npz --n 5000
   gan-forensics fid fakes/ reals/ --features inception --n 2048 --floor-ref more_reals/
   gan-forensics detect suspicious.png
   RAY_ADDRESS=http://127.0.0.1:8265 gan-forensics submit
 """
 DETECTOR, FEATURENET, GENERATOR = ("models/detector.pt", "models/featurenet.pt",
-                                   "models/generator.pt")
+                                   "models/dcgan/generator.pt")
+RUN = "models/dcgan/run.json"  # the default model's MLflow run (train@dcgan)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -138,7 +139,9 @@ def _cmd_detect(args: argparse.Namespace) -> None:
 
     check_user_path(args.target)  # a missing or wrong file fails before torch loads
     detector = _user_file(args.model, DETECTOR, "--model, a detector checkpoint")
-    from pipeline.detect import load_detector, predict
+    import numpy as np
+
+    from pipeline.detect import class_probs, load_detector
 
     model, meta = load_detector(detector)
     c, h, w = meta["image_shape"]
@@ -152,16 +155,25 @@ def _cmd_detect(args: argparse.Namespace) -> None:
         raise UserError(f"{which} outside what the detector was trained on ({trained}){first}; "
                         f"no verdict: pass --resize to score {'it' if k == 1 else 'them'} "
                         "anyway, flagged as outside the training distribution")
-    scores = predict(model, got.images)
-    rows = [{"image": name, "p_fake": round(float(s), 4),
-             "verdict": "fake" if s >= 0.5 else "real", "in_distribution": note is None,
-             "note": note} for name, s, note in zip(got.names, scores, got.notes, strict=True)]
+    classes, threshold = meta["config"]["classes"], float(meta["config"]["threshold"])
+    probs = class_probs(model, got.images)  # (N, K): real, then each family
+    rows = []
+    for name, p, note in zip(got.names, probs, got.notes, strict=True):
+        p_fake = float(1.0 - p[0])
+        k = int(np.argmax(p[1:])) + 1  # the likeliest family; its probability given a fake
+        rows.append({"image": name, "p_fake": round(p_fake, 4),
+                     "verdict": "fake" if p_fake >= threshold else "real",
+                     "source": classes[k], "p_source": round(float(p[k] / max(p_fake, 1e-12)), 4),
+                     "in_distribution": note is None, "note": note})
     if args.json:
         print(json.dumps(rows))
         return
+    print(f"{'p_fake':>6}  verdict  {'source':<14}{'p_source':>8}  image   (fake when p_fake >= "
+          f"{threshold:.4f}, calibrated on validation)")
     for row in rows:
         note = f"  [{row['note']}]" if row["note"] else ""
-        print(f"{row['p_fake']:.4f}  {row['verdict']:<4}  {row['image']}{note}")
+        print(f"{row['p_fake']:.4f}  {row['verdict']:<7}  {row['source']:<14}"
+              f"{row['p_source']:>8.4f}  {row['image']}{note}")
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
@@ -181,17 +193,21 @@ def _cmd_submit(args: argparse.Namespace) -> None:
     address = args.address or os.environ.get("RAY_ADDRESS") or params.ray.address
     if not address:
         raise UserError("no cluster: pass --address http://HEAD:8265 or set RAY_ADDRESS")
+    if args.family not in params.zoo:
+        raise UserError(f"--family: no zoo family {args.family!r} in params.yaml (valid: "
+                        f"{', '.join(params.zoo)})")
     pulled = submit_train(address, params.ray.storage_path, Path(args.data),
-                          tracking_uri(params.mlflow), timeout_s=args.timeout)
+                          tracking_uri(params.mlflow), timeout_s=args.timeout,
+                          family=args.family)
     for path in pulled:
         print(f"pulled {path}")
-    print("record them for DVC with: dvc commit -f train")
+    print(f"record them for DVC with: dvc commit -f train@{args.family}")
 
 
 def _cmd_run_url(args: argparse.Namespace) -> None:
     if not Path(args.run).is_file():
-        raise UserError(f"{args.run}: not found; run the train stage first (dvc repro train)"
-                        if args.run == "models/run.json" else f"{args.run}: no such file")
+        raise UserError(f"{args.run}: not found; run the train stage first (dvc repro "
+                        "train@dcgan)" if args.run == RUN else f"{args.run}: no such file")
     info = json.loads(Path(args.run).read_text())
     print(info["ui"])
 
@@ -242,10 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     fid.set_defaults(func=_cmd_fid)
 
     det = command("detect", "score images with the trained forgery detector",
-                  "P(fake) of each image from the detector. An image of another size or "
-                  "channel count than the detector's training images gets no verdict unless "
-                  "--resize is given, and then its score is flagged as outside the training "
-                  "distribution; an image smaller than them is always refused.")
+                  "P(fake) of each image from the shipped detector, its verdict at the "
+                  "threshold calibrated on validation, and the zoo family that most likely "
+                  "made it (p_source: that family's probability given a fake). An image of "
+                  "another size or channel count than the detector's training images gets no "
+                  "verdict unless --resize is given, and then its score is flagged as outside "
+                  "the training distribution; an image smaller than them is always refused.")
     det.add_argument("target", help="an image file, a folder of images, or an .npz with "
                      "`images`")
     det.add_argument("--model", default=DETECTOR,
@@ -254,13 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="score images of another size/channels anyway: shrink and centre-crop "
                      "them to the training size, flagged `in_distribution: false`")
     det.add_argument("--json", action="store_true", help="print a JSON list of {image, p_fake, "
-                     "verdict, in_distribution, note}")
+                     "verdict, source, p_source, in_distribution, note}")
     det.set_defaults(func=_cmd_detect)
 
     smp = command("sample", "write a grid of generated images",
                   "Sample the generator and write one PNG grid.")
     smp.add_argument("--generator", default=GENERATOR,
-                     help="the generator checkpoint (made by `dvc repro train`)")
+                     help="the generator checkpoint (made by `dvc repro train@dcgan`)")
     smp.add_argument("--n", type=_at_least(1), default=64, help="images in the grid")
     smp.add_argument("--seed", type=int, default=0, help="seed of the latent draws")
     smp.add_argument("--out", default="samples.png", help="PNG file to write")
@@ -272,13 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "$RAY_ADDRESS, then params.yaml ray.address)")
     sbm.add_argument("--data", default="data/prepared/train.npz", help="the prepared "
                      "training set to ship")
+    sbm.add_argument("--family", default="dcgan", help="the zoo family to train (params.yaml "
+                     "zoo)")
     sbm.add_argument("--timeout", type=_positive_seconds, default=3600.0,
                      help="seconds to wait for the job")
     sbm.set_defaults(func=_cmd_submit)
 
     url = command("run-url", "print the MLflow UI link of the current model's run",
                   "Print the MLflow UI link recorded by the train stage.")
-    url.add_argument("--run", default="models/run.json", help="the train stage's run record")
+    url.add_argument("--run", default=RUN, help="the train stage's run record")
     url.set_defaults(func=_cmd_run_url)
     return parser
 

@@ -3,10 +3,11 @@
 `gan-forensics submit` (what `make submit` runs) does, from the user's machine:
   1. copy `data/prepared/train.npz` to `<ray.storage_path>/inputs/` (DVC-tracked data is
      gitignored, so `ray job submit` would never upload it),
-  2. submit `python stages/train.py ...` as a Ray job with this repo as its working dir,
+  2. submit `python stages/train.py --family F ...` as a Ray job with this repo as its working
+     dir,
   3. follow its logs until it ends, and
-  4. copy the job's exported outputs (`<storage>/exports/<job>/{models,metrics}`) back into
-     `models/` and `metrics/`, where DVC tracks them (`dvc commit train` records them).
+  4. copy the job's exported outputs (`<storage>/exports/<job>/{models,metrics}/F`) back into
+     `models/F/` and `metrics/F/`, where DVC tracks them (`dvc commit train@F` records them).
 
 Storage is anything pyarrow understands: a local/NFS path or `s3://bucket/prefix`.
 """
@@ -122,8 +123,10 @@ def pull_outputs(export: str, dest_root: Path) -> list[Path]:
 
 
 def submit_train(address: str, storage_path: str, data: Path, tracking_uri: str,
-                 timeout_s: float = 3600.0, root: Path | None = None) -> list[Path]:
-    """Submit the train stage as a Ray job, follow it, and pull its outputs back."""
+                 timeout_s: float = 3600.0, root: Path | None = None,
+                 family: str = "dcgan") -> list[Path]:
+    """Submit zoo family `family`'s train stage as a Ray job, follow it, and pull its outputs
+    back."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     root = root or Path.cwd()
@@ -139,8 +142,8 @@ def submit_train(address: str, storage_path: str, data: Path, tracking_uri: str,
     copy_file(str(data.resolve()), remote_data)
     job = f"gan-train-{uuid.uuid4().hex[:8]}"
     export = f"{storage}/exports/{job}"
-    entrypoint = (f"python stages/train.py --data {remote_data} --models models "
-                  f"--metrics metrics --export {export}")
+    entrypoint = (f"python stages/train.py --family {family} --data {remote_data} "
+                  f"--models models/{family} --metrics metrics/{family} --export {export}")
     env = {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": "."}
     if os.environ.get(SHARED_ENV):
         env[SHARED_ENV] = os.environ[SHARED_ENV]

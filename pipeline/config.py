@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,10 @@ from pydantic import (
 from pipeline.errors import UserError
 
 PARAMS_FILE = "params.yaml"
+# The zoo's default model: exactly the top-level `model` / `train` (evaluate, the generator
+# registry and `gan-forensics sample` use it).
+DEFAULT_FAMILY = "dcgan"
+FAMILY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # a DVC stage suffix and a directory
 
 IMAGE_SIZES = (28, 32, 64)
 
@@ -160,6 +165,7 @@ class RayConfig(Section):
 class GenerateConfig(Section):
     num_eval: int = Field(10000, gt=0)  # fakes for FID/KID/PR
     num_detector_train: int = Field(10000, gt=0)  # fakes the detector learns from
+    num_detector_val: int = Field(1000, gt=0)  # fakes its threshold is calibrated on
     num_detector_test: int = Field(5000, gt=0)  # fakes the detector is scored on
     batch_size: int = Field(500, gt=0)
 
@@ -197,14 +203,57 @@ class EvaluateConfig(Section):
 
 
 class DetectConfig(Section):
+    """The shipped detector: one classifier over {real, each zoo family}; P(fake) = 1 - P(real),
+    its threshold calibrated on validation, the most likely family its attribution."""
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1e-3, gt=0)
     width: int = Field(32, gt=0)
+    # Real training images; as many fakes, an equal share from each family (null = as many as
+    # the fakes allow).
+    num_train: int | None = Field(None, gt=0)
+    # CNNDetection's Blur+JPEG augmentation: per training image, blur (sigma ~ U[0, 3]) with
+    # this probability, then JPEG (quality ~ U{30..100}) with this probability; 0 = off.
+    aug_prob: float = Field(0.5, ge=0, le=1)
     # Robustness: the real and fake test images alike, JPEG re-encoded / Gaussian-blurred.
     jpeg_quality: int = Field(75, ge=1, le=95)
     blur_sigma: float = Field(1.0, gt=0)  # in pixels
+
+
+class CrossgenConfig(Section):
+    """Cross-generator forensics (the crossgen stage): detectors trained on some families and
+    tested on others, attribution, and the shipped detector's robustness."""
+
+    # Families of the matrix, leave-one-out and attribution; null = every zoo family not in
+    # seed_pair.
+    families: list[str] | None = None
+    # Two zoo families that differ only in their seed: the hard attribution case ([] = none).
+    seed_pair: list[str] = []
+    num_train: int = Field(2000, gt=0)  # real images per detector; as many fakes
+    num_val: int = Field(500, gt=0)  # per side, for the calibrated threshold
+    num_test: int = Field(1000, gt=0)  # per side, per tested family
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    width: int = Field(32, gt=0)
+
+    @field_validator("seed_pair")
+    @classmethod
+    def _pair(cls, value: list[str]) -> list[str]:
+        if len(value) not in (0, 2) or len(set(value)) != len(value):
+            raise ValueError(f"must be two different zoo families or [], got {value!r}")
+        return value
+
+
+class FamilyConfig(Section):
+    """One forger family of the zoo: what differs from the top-level seed / model / train.
+    The merged sections are validated as the top-level ones are (ARCH_PRESETS included)."""
+
+    seed: int | None = Field(None, ge=0)
+    model: dict[str, Any] = {}
+    train: dict[str, Any] = {}
 
 
 class MlflowConfig(Section):
@@ -224,6 +273,15 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     detect: DetectConfig = DetectConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    # The forger zoo: family name -> FamilyConfig; `dvc repro train@<name>` trains one.
+    zoo: dict[str, FamilyConfig] = {DEFAULT_FAMILY: FamilyConfig()}
+    crossgen: CrossgenConfig = CrossgenConfig()
+
+    def family_names(self) -> list[str]:
+        """The matrix / leave-one-out / attribution families (crossgen.families resolved)."""
+        if self.crossgen.families is not None:
+            return list(self.crossgen.families)
+        return [name for name in self.zoo if name not in self.crossgen.seed_pair]
 
     @model_validator(mode="before")
     @classmethod
@@ -251,12 +309,58 @@ class Params(Section):
                 f"train.batch_size: must be divisible by ray.num_workers "
                 f"({workers}), got {self.train.batch_size}"
             )
+        self._check_zoo()
         if self.evaluate.kid_subset_size > self.evaluate.num_samples:
             raise ValueError(
                 f"evaluate.kid_subset_size: must be <= evaluate.num_samples "
                 f"({self.evaluate.num_samples}), got {self.evaluate.kid_subset_size}"
             )
         return self
+
+    def _check_zoo(self) -> None:
+        for name in self.zoo:
+            if not FAMILY_NAME.fullmatch(name):
+                raise ValueError(f"zoo.{name}: a family name is lower-case letters, digits, "
+                                 "'-' and '_' (at most 32), starting with a letter or digit")
+        if DEFAULT_FAMILY not in self.zoo:
+            raise ValueError(f"zoo: must have the default model {DEFAULT_FAMILY!r} (evaluate "
+                             "and the registry use it)")
+        if self.zoo[DEFAULT_FAMILY] != FamilyConfig():
+            raise ValueError(f"zoo.{DEFAULT_FAMILY}: must be {{}}: it is the default model; "
+                             "change the top-level seed/model/train instead")
+        valid = ", ".join(self.zoo)
+        for key, names in (("crossgen.families", self.crossgen.families or []),
+                           ("crossgen.seed_pair", self.crossgen.seed_pair)):
+            for name in names:
+                if name not in self.zoo:
+                    raise ValueError(f"{key}: unknown family {name!r} (valid: {valid})")
+        if len(set(self.family_names())) < 2:
+            raise ValueError(f"crossgen.families: needs at least two different zoo families, "
+                             f"got {self.family_names()}")
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `over` merged in, recursively (mappings merge, other values replace)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (merge(out[key], value) if isinstance(value, dict)
+                    and isinstance(out.get(key), dict) else value)
+    return out
+
+
+def family_raw(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    """The raw params of zoo family `name`: its seed / model / train merged over the top-level
+    ones (before validation, so ARCH_PRESETS see the family's own values)."""
+    zoo = raw.get("zoo") or {DEFAULT_FAMILY: {}}
+    if name not in zoo:
+        raise UserError(f"zoo: no family {name!r} (valid: {', '.join(zoo)})")
+    over = zoo[name] or {}
+    out = dict(raw)
+    if over.get("seed") is not None:
+        out["seed"] = over["seed"]
+    for section in ("model", "train"):
+        out[section] = merge(raw.get(section) or {}, over.get(section) or {})
+    return out
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -290,12 +394,8 @@ def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
-    """Validate a params mapping; raise `UserError` with one line naming every bad key."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: must be a mapping of sections, got {type(raw).__name__}")
+def _validate(raw: dict[str, Any], source: str, prefix: str = "") -> Params:
+    """Params.model_validate with every error as one `key.path: problem` line."""
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
@@ -305,12 +405,39 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
             if err["type"] == "extra_forbidden":
                 keys = _valid_keys(Params, tuple(err["loc"]))
                 text += f" (valid: {', '.join(keys)})" if keys else ""
-            parts.append(text)
+            parts.append(prefix + text)
         raise UserError(f"{source}: " + "; ".join(parts)) from None
 
 
-def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:
-    """Read and validate `params.yaml` (the only entry point stages use)."""
+def parse_params(raw: Any, source: str = PARAMS_FILE, family: str | None = None) -> Params:
+    """Validate a params mapping and every zoo family's merged params; raise `UserError` with
+    one line naming every bad key. `family`: return that zoo family's params (its seed, model
+    and train merged over the top-level ones) instead of the top-level ones."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: must be a mapping of sections, got {type(raw).__name__}")
+    params = _validate(raw, source)
+    families = {name: params if name == DEFAULT_FAMILY else
+                _validate(family_raw(raw, name), source, f"zoo.{name}.")
+                for name in params.zoo}
+    pair = params.crossgen.seed_pair
+    if pair:
+        a, b = (families[n].model_dump(include={"model", "train"}) for n in pair)
+        if a != b or families[pair[0]].seed == families[pair[1]].seed:
+            raise UserError(f"{source}: crossgen.seed_pair: {pair[0]} and {pair[1]} must "
+                            "differ in their seed and in nothing else (model, train)")
+    if family is None:
+        return params
+    if family not in families:
+        raise UserError(f"{source}: zoo: no family {family!r} (valid: {', '.join(families)})")
+    return families[family]
+
+
+def load_params(path: str | os.PathLike[str] = PARAMS_FILE, family: str | None = None
+                ) -> Params:
+    """Read and validate `params.yaml` (the only entry point stages use); `family`: that zoo
+    family's params (see `parse_params`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: not found (run from the repository root)")
@@ -320,7 +447,7 @@ def load_params(path: str | os.PathLike[str] = PARAMS_FILE) -> Params:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}: invalid YAML{where}") from None
-    return parse_params(raw, str(path))
+    return parse_params(raw, str(path), family)
 
 
 def params_hash(*sections: BaseModel, extra: Any = None) -> str:

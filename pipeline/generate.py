@@ -1,10 +1,11 @@
 """Sample the trained generator into the `.npz` sets later stages score (DVC stage `generate`).
 
-    python stages/generate.py --generator models/generator.pt --run models/run.json \
-        --out data/generated
+    python stages/generate.py --generator models/dcgan/generator.pt \
+        --run models/dcgan/run.json --out data/generated/dcgan
 
-writes `data/generated/{eval,detector_train,detector_test}.npz` and `grid.png`. Each `.npz` has
-the prepared-data layout: `images` uint8 (N, H, W, C), `labels` int64 (N,), `class_names`, plus
+writes `data/generated/{eval,detector_train,detector_val,detector_test}.npz` and `grid.png` (one
+such directory per zoo family: `generate@<family>` writes `data/generated/<family>/`). Each `.npz`
+has the prepared-data layout: `images` uint8 (N, H, W, C), `labels` int64 (N,), `class_names`, plus
 `noise_seed` (the seed its noise came from). Labels: a class-conditional G gets classes drawn
 uniformly and they are stored; an unconditional G has no class, so its labels are -1 ("none"),
 never a made-up class 0 that per-class code would silently trust. Read fakes with
@@ -38,7 +39,7 @@ from pipeline.errors import UserError
 from pipeline.imaging import save_grid, to_uint8, to_unit_range
 from pipeline.io import atomic_dir
 
-SPLITS = ("eval", "detector_train", "detector_test")
+SPLITS = ("eval", "detector_train", "detector_val", "detector_test")
 NO_LABEL = -1  # label of a fake from an unconditional generator
 GRID_IMAGES = 64
 
@@ -78,12 +79,12 @@ def _load(generator_path: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict
 
 def generate_splits(generator_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                     cfg: GenerateConfig, seed: int) -> dict[str, Any]:
-    """Write the three fake sets and `grid.png` into `out_dir` (replaced whole, atomically),
+    """Write the fake sets (SPLITS) and `grid.png` into `out_dir` (replaced whole, atomically),
     sampling on the CPU. Returns a summary: counts per split, image_shape [H, W, C],
     conditional, seconds."""
     G, meta = _load(generator_path)
     counts = {"eval": cfg.num_eval, "detector_train": cfg.num_detector_train,
-              "detector_test": cfg.num_detector_test}
+              "detector_val": cfg.num_detector_val, "detector_test": cfg.num_detector_test}
     class_names = np.array([str(c) for c in meta.get("class_names") or []], dtype=str)
     start = time.monotonic()
     summary: dict[str, Any] = {}

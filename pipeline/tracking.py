@@ -179,9 +179,11 @@ class Tracker:
         run_name: str,
         params: Mapping[str, Any],
         tags: Mapping[str, str] | None = None,
+        suffix: str = "",
     ) -> Tracker:
         """Create the model's run in `cfg.experiment` and log its flattened params as YAML.
-        Inside `dvc exp run` the run is named after the experiment (`$DVC_EXP_NAME`)."""
+        Inside `dvc exp run` the run is named after the experiment (`$DVC_EXP_NAME`); `suffix`
+        follows the name (a zoo family's `@sngan`)."""
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
@@ -195,7 +197,7 @@ class Tracker:
                      ).as_uri() if uri.startswith("sqlite:///") else None
         exp_id = exp.experiment_id if exp else client.create_experiment(
             cfg.experiment, artifact_location=artifacts)
-        run_name = exp_name() or run_name  # $DVC_EXP_NAME: set by every `dvc exp run`
+        run_name = (exp_name() or run_name) + suffix  # $DVC_EXP_NAME: set by `dvc exp run`
         run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
         tracker = cls(uri, run.info.run_id, exp_id)
         batch = [Param(k, yaml_value(v)[:6000]) for k, v in params.items()]

@@ -1,10 +1,11 @@
-"""DVC stage `generate`: sample the trained generator into the fake sets later stages score.
+"""DVC stage `generate@<family>`: sample a zoo family's generator into the fake sets later
+stages score.
 
-    python stages/generate.py --generator models/generator.pt --run models/run.json \
-        --out data/generated
+    python stages/generate.py --generator models/dcgan/generator.pt \
+        --run models/dcgan/run.json --out data/generated/dcgan
 
-Writes data/generated/{eval,detector_train,detector_test}.npz (disjoint noise seeds) and
-grid.png, atomically, then adds the grid to the model's MLflow run (when models/run.json exists).
+Writes <out>/{eval,detector_train,detector_val,detector_test}.npz (disjoint noise seeds) and
+grid.png, atomically, then adds the grid to the model's MLflow run (when its run.json exists).
 Always on the CPU, so the fakes do not depend on the machine's GPU (see pipeline/generate.py).
 """
 

@@ -12,12 +12,12 @@ import torch
 from scipy.ndimage import gaussian_filter
 from sklearn.metrics import roc_auc_score
 
+from pipeline.detect.scores import balanced_accuracy, calibrate_threshold, score_set
+from pipeline.detect.train import TrainSpec, augment, train_detector
 from pipeline.errors import UserError
 from pipeline.forensics.crossgen import CrossgenConfig, Split, run_crossgen
 from pipeline.forensics.perturbations import blur, down_up, jpeg, robustness_levels
 from pipeline.forensics.plots import write_plots
-from pipeline.forensics.scores import balanced_accuracy, calibrate_threshold, score_set
-from pipeline.forensics.train import TrainSpec, augment, train_detector
 
 SCORE_KEYS = {"auc", "ap", "accuracy", "calibrated_accuracy", "eer", "tpr_at_1fpr"}
 

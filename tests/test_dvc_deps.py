@@ -59,7 +59,10 @@ def pipeline_closure(script: Path) -> set[Path]:
 
 
 def stages() -> dict[str, dict]:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    """Stage name -> its definition; a `foreach` group is its `do` template (every expansion
+    shares its deps)."""
+    raw = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in raw.items()}
 
 
 def stage_script(stage: dict) -> Path:

@@ -1,59 +1,129 @@
-"""Train the real-vs-fake detector CNN (plain torch, one process; called by `run.detect`).
+"""Train a real-vs-fake detector or a source detector, optionally with blur+JPEG augmentation.
 
-    model = train_detector(real_uint8, fake_uint8, DetectConfig(epochs=2), seed=0)
+    spec = TrainSpec(epochs=2, width=16, aug_prob=0.5, seed=0)
+    det = train_detector(real_uint8, fake_uint8, spec)            # pipeline.detect.Detector
+    src = train_attributor([real, dcgan_fakes, vae_fakes], spec)  # SourceDetector, 3 classes
 
-Labels: real 0, fake 1, `BCEWithLogitsLoss`; balanced inputs are the caller's job. One log line
-per epoch. Deterministic on the CPU for a given seed (shuffling uses its own torch.Generator).
+Both are the CNN of `pipeline.detect.model` (binary `Detector`, or `SourceDetector` with one output
+per class, class 0 the real images). Augmentation follows CNNDetection (Wang et al. CVPR 2020,
+"Blur+JPEG (p)"): each training image, independently, is Gaussian-blurred with sigma ~ U[0, 3] with
+probability p, then JPEG re-encoded at quality ~ U{30..100} with probability p. Fresh draws every
+epoch from one seeded numpy stream; weights initialised under a forked torch RNG: the same seed
+gives the same model on the CPU, and the caller's global RNG is left alone.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import DetectConfig
-from pipeline.detect.model import Detector
+from pipeline.detect.model import Detector, SourceDetector
+from pipeline.detect.robustness import gaussian_blur, jpeg
 from pipeline.errors import UserError
 from pipeline.imaging import to_unit_range
 
 
-def train_detector(real: np.ndarray, fake: np.ndarray, cfg: DetectConfig, seed: int,
-                   device: str | torch.device = "cpu", log: bool = True) -> Detector:
-    """Fit a `Detector` on uint8 (N, H, W, C) real (label 0) and fake (label 1) images."""
-    if real.shape[1:] != fake.shape[1:]:
-        raise UserError(f"detector training: real images {real.shape[1:]} and fakes "
-                        f"{fake.shape[1:]} differ in shape")
-    torch.manual_seed(seed)  # weight init
-    model = Detector(real.shape[-1], cfg.width).to(device)
-    x = torch.cat([to_unit_range(real), to_unit_range(fake)])  # (N, C, H, W) in [-1, 1], CPU
-    y = torch.cat([torch.zeros(len(real)), torch.ones(len(fake))])
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    criterion = nn.BCEWithLogitsLoss()
-    shuffle = torch.Generator().manual_seed(seed)
-    steps = math.ceil(len(x) / cfg.batch_size)
-    for epoch in range(1, cfg.epochs + 1):
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 3  # passes over the training images
+    batch_size: int = 64  # images per step
+    lr: float = 1e-3  # Adam, betas (0.5, 0.999) as the detect stage
+    width: int = 32  # Detector width (channels of its first conv)
+    # p of blur and, independently, of JPEG per image: 0 = none, 0.5 = CNNDetection's default
+    aug_prob: float = 0.0
+    blur_max: float = 3.0  # sigma ~ U[0, blur_max]
+    jpeg_min: int = 30  # quality ~ U{jpeg_min..100}
+    seed: int = 0  # weights, shuffling and augmentation draws
+
+
+def augment(images: np.ndarray, spec: TrainSpec, rng: np.random.Generator) -> np.ndarray:
+    """CNNDetection's blur+JPEG on uint8 (N, H, W, C): per image, blur then JPEG, each with
+    probability spec.aug_prob (a copy; the input is not modified)."""
+    out = images.copy()
+    if spec.aug_prob <= 0:
+        return out
+    do_blur = rng.random(len(out)) < spec.aug_prob
+    sigmas = rng.uniform(0.0, spec.blur_max, len(out))
+    do_jpeg = rng.random(len(out)) < spec.aug_prob
+    qualities = rng.integers(spec.jpeg_min, 101, len(out))  # inclusive of 100
+    for i in range(len(out)):
+        if do_blur[i] and sigmas[i] > 0:
+            out[i:i + 1] = gaussian_blur(out[i:i + 1], float(sigmas[i]))
+        if do_jpeg[i]:
+            out[i:i + 1] = jpeg(out[i:i + 1], int(qualities[i]))
+    return out
+
+
+def _fit(model: nn.Module, images: np.ndarray, targets: torch.Tensor, loss_fn: nn.Module,
+         spec: TrainSpec, device: torch.device | str, name: str, log: bool,
+         logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
+    """The shared loop: shuffled batches, augmented on the fly, Adam; one log line per epoch.
+    `logits`: what the loss sees (default: the model's forward)."""
+    model = model.to(device)
+    logits = logits or model
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr, betas=(0.5, 0.999))
+    shuffle = torch.Generator().manual_seed(spec.seed)
+    rng = np.random.default_rng([spec.seed, 13])  # augmentation draws, own stream
+    steps = math.ceil(len(images) / spec.batch_size)
+    for epoch in range(1, spec.epochs + 1):
         model.train()
-        order = torch.randperm(len(x), generator=shuffle)
-        total, correct = 0.0, 0
+        order = torch.randperm(len(images), generator=shuffle).numpy()
+        total = 0.0
         for i in range(steps):
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            if len(idx) == 1:  # BatchNorm cannot train on a batch of one
+            idx = np.sort(order[i * spec.batch_size:(i + 1) * spec.batch_size])
+            if len(idx) < 2:  # BatchNorm cannot train on a batch of one
                 continue
-            logits = model(xb)  # (B,)
-            loss = criterion(logits, yb)
+            xb = to_unit_range(augment(images[idx], spec, rng), device)  # (B, C, H, W)
+            loss = loss_fn(logits(xb), targets[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
-            correct += int(((logits > 0).float() == yb).sum())
         if not math.isfinite(total):
-            raise UserError(f"detector training: loss became NaN in epoch {epoch}; lower "
-                            f"detect.lr (now {cfg.lr})")
+            raise UserError(f"{name} training: loss became NaN in epoch {epoch}; lower the lr "
+                            f"(now {spec.lr})")
         if log:
-            print(f"detector epoch {epoch}/{cfg.epochs}: loss {total / len(x):.4f} "
-                  f"train acc {correct / len(x):.3f}", flush=True)
+            print(f"{name} epoch {epoch}/{spec.epochs}: loss {total / len(images):.4f}",
+                  flush=True)
     return model.eval()
+
+
+def _check(sets: list[np.ndarray], name: str) -> None:
+    shapes = {s.shape[1:] for s in sets}
+    if len(shapes) != 1 or any(s.dtype != np.uint8 or s.ndim != 4 for s in sets):
+        raise UserError(f"{name} training: every set must be uint8 (N, H, W, C) of one shape, "
+                        f"got {[(s.dtype.name, s.shape) for s in sets]}")
+    if any(len(s) == 0 for s in sets):
+        raise UserError(f"{name} training: an image set is empty")
+
+
+def train_detector(real: np.ndarray, fake: np.ndarray, spec: TrainSpec,
+                   device: torch.device | str = "cpu", log: bool = False) -> Detector:
+    """A `Detector` fitted on real (label 0) vs fake (label 1) uint8 (N, H, W, C) images;
+    balance is the caller's job."""
+    _check([real, fake], "detector")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = Detector(real.shape[-1], spec.width)
+    images = np.concatenate([real, fake])
+    targets = torch.cat([torch.zeros(len(real)), torch.ones(len(fake))])
+    return _fit(model, images, targets, nn.BCEWithLogitsLoss(), spec, device, "detector", log)
+
+
+def train_attributor(sets: list[np.ndarray], spec: TrainSpec,
+                     device: torch.device | str = "cpu", log: bool = False) -> SourceDetector:
+    """A `SourceDetector` over len(sets) classes; class k is every image of sets[k] (sets[0]:
+    the real images)."""
+    _check(sets, "attributor")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = SourceDetector(sets[0].shape[-1], len(sets), spec.width)
+    images = np.concatenate(sets)
+    targets = torch.cat([torch.full((len(s),), k, dtype=torch.long) for k, s in enumerate(sets)])
+    return _fit(model, images, targets, nn.CrossEntropyLoss(), spec, device, "attributor", log,
+                logits=model.class_logits)

@@ -8,13 +8,15 @@ saw, whether it can name the forger, and how processing hurts it.
 Protocol (what each key of the result means):
 - `matrix[train][test]`: a detector trained on real vs family `train` alone, its threshold
   calibrated on real val vs `train`'s val fakes (the deployer knows only the family trained on),
-  tested on real test vs `test`'s test fakes: `pipeline.forensics.scores.score_set`. The diagonal
+  tested on real test vs `test`'s test fakes: `pipeline.detect.scores.score_set`. The diagonal
   is the seen forger, off-diagonal cells are unseen ones.
 - `leave_one_out[family]`: trained (and calibrated) on real vs every other family, an equal
   share of each; tested on real vs `family`. `mean_ap` and `mean_calibrated_accuracy` average
   over families: the honest "unseen forger" figure (CNNDetection's best: AP 92.6, acc 80.0).
 - `attribution`: one classifier over ["real", *families], equal images per class in train and
-  test; `confusion[i][j]` counts test images of class i predicted as j.
+  test; `confusion[i][j]` counts test images of class i predicted as j. `attribution.seed_pair`
+  (when two families that differ only in their seed are given): the same over ["real", a, b],
+  plus `fake_accuracy`, the share of their test fakes given to the right seed (chance 0.5).
 - `robustness`: a detector (given, else trained on real vs all families with
   `config.robustness_aug_prob`) scored on real test vs all families' test fakes, both perturbed
   alike, per JPEG quality, blur sigma and down-up scale.
@@ -30,8 +32,9 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix
 
-from pipeline.detect.model import predict
-from pipeline.detect.scores import summarize
+from pipeline.detect.model import class_probs, predict
+from pipeline.detect.scores import calibrate_threshold, score_set, summarize
+from pipeline.detect.train import TrainSpec, train_attributor, train_detector
 from pipeline.errors import UserError
 from pipeline.forensics.perturbations import (
     BLUR_SIGMAS,
@@ -39,8 +42,6 @@ from pipeline.forensics.perturbations import (
     JPEG_QUALITIES,
     robustness_levels,
 )
-from pipeline.forensics.scores import calibrate_threshold, score_set
-from pipeline.forensics.train import TrainSpec, predict_classes, train_attributor, train_detector
 
 
 @dataclass(frozen=True)
@@ -135,18 +136,28 @@ def _attribution(real: Split, fakes: dict[str, Split], spec: TrainSpec, seed: in
     model = train_attributor([_take(s.train, n_train, rng) for s in sources], spec, device)
     test = [_take(s.test, n_test, rng) for s in sources]
     labels = np.concatenate([np.full(len(t), k) for k, t in enumerate(test)])
-    pred = predict_classes(model, np.concatenate(test), spec.batch_size, device).argmax(axis=1)
+    pred = class_probs(model, np.concatenate(test), spec.batch_size, device).argmax(axis=1)
     confusion = confusion_matrix(labels, pred, labels=np.arange(len(sources)))
     return {"classes": ["real", *fakes], "accuracy": float((pred == labels).mean()),
             "confusion": confusion.astype(int).tolist(), "n_test_per_class": n_test,
             "n_train_per_class": n_train}
 
 
+def _seed_attribution(real: Split, pair: dict[str, Split], spec: TrainSpec, seed: int,
+                      device: torch.device | str) -> dict[str, Any]:
+    """Attribution over ["real", a, b] for two same-recipe families a, b of other seeds."""
+    out = _attribution(real, pair, spec, seed, device)
+    confusion = np.array(out["confusion"])
+    out["fake_accuracy"] = float(np.trace(confusion[1:, 1:]) / confusion[1:, 1:].sum())
+    return out
+
+
 def run_crossgen(real: Split, fakes: dict[str, Split], config: CrossgenConfig | None = None,
-                 detector: torch.nn.Module | None = None, device: torch.device | str = "cpu"
-                 ) -> dict[str, Any]:
+                 detector: torch.nn.Module | None = None, device: torch.device | str = "cpu",
+                 seed_pair: dict[str, Split] | None = None) -> dict[str, Any]:
     """matrix, leave_one_out, attribution, robustness (see the module docstring), plus the
-    sizes and params used. `detector`: the one to sweep for robustness (e.g. the shipped one)."""
+    sizes and params used. `detector`: the one to sweep for robustness (e.g. the shipped one);
+    `seed_pair`: two families that differ only in their seed (attribution's hard case)."""
     config = config or CrossgenConfig()
     if len(fakes) < 2:
         raise UserError(f"crossgen needs at least two families, got {sorted(fakes)}")
@@ -176,6 +187,11 @@ def run_crossgen(real: Split, fakes: dict[str, Split], config: CrossgenConfig | 
 
     # (3) Which source made it: real or one of the families.
     attribution = _attribution(real, fakes, config.attributor, config.seed, device)
+    if seed_pair:
+        if len(seed_pair) != 2:
+            raise UserError(f"crossgen: seed_pair needs two families, got {sorted(seed_pair)}")
+        attribution["seed_pair"] = _seed_attribution(real, seed_pair, config.attributor,
+                                                     config.seed, device)
 
     # (4) Robustness of the given detector, else one trained on all families with augmentation.
     if detector is None:

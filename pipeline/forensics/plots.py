@@ -61,11 +61,11 @@ def plot_matrix(result: dict[str, Any], metric: str, path: str | os.PathLike[str
             "tested on family", "trained on family", path, vmin=0.0, vmax=1.0, cmap="RdBu")
 
 
-def plot_confusion(result: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Attribution's confusion counts: rows = true source, cols = predicted."""
-    att = result["attribution"]
+def plot_confusion(att: dict[str, Any], path: str | os.PathLike[str], title: str = "attribution"
+                   ) -> None:
+    """An attribution's confusion counts: rows = true source, cols = predicted."""
     heatmap(np.array(att["confusion"]), att["classes"], att["classes"],
-            f"attribution, accuracy {att['accuracy']:.3f}", "predicted source", "true source",
+            f"{title}, accuracy {att['accuracy']:.3f}", "predicted source", "true source",
             path, fmt="{:.0f}", vmin=0, cmap="Blues")
 
 
@@ -97,13 +97,18 @@ def plot_robustness(result: dict[str, Any], path: str | os.PathLike[str]) -> Non
 
 
 def write_plots(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> list[Path]:
-    """matrix_auc.png, matrix_ap.png, attribution.png, robustness.png in out_dir."""
+    """matrix_auc.png, matrix_ap.png, attribution.png, robustness.png in out_dir, and
+    attribution_seed_pair.png when the result has a seed pair."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "matrix_auc.png", out / "matrix_ap.png", out / "attribution.png",
              out / "robustness.png"]
     plot_matrix(result, "auc", paths[0])
     plot_matrix(result, "ap", paths[1])
-    plot_confusion(result, paths[2])
+    plot_confusion(result["attribution"], paths[2])
     plot_robustness(result, paths[3])
+    if "seed_pair" in result["attribution"]:
+        paths.append(out / "attribution_seed_pair.png")
+        plot_confusion(result["attribution"]["seed_pair"], paths[-1],
+                       "seed-level attribution")
     return paths

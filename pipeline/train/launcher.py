@@ -40,7 +40,7 @@ from pipeline.cluster import (
     remove,
     storage_root,
 )
-from pipeline.config import Params, flatten
+from pipeline.config import DEFAULT_FAMILY, Params, flatten
 from pipeline.errors import UserError
 from pipeline.io import write_json
 from pipeline.provenance import run_tags
@@ -207,9 +207,10 @@ def check_cluster(params: Params, storage: str, uri: str, workers: int) -> None:
 
 
 def _open_tracker(params: Params, name: str, storage: str, arrays: TrainArrays, data: str,
-                  address: str, workers: int) -> Tracker:
+                  address: str, workers: int, family: str) -> Tracker:
     """The model's MLflow run: the run tagged `ray.run_name` when Ray has this run's checkpoints
-    (a resume or an extension continues its history), else a new one."""
+    (a resume or an extension continues its history), else a new one (a zoo family's named
+    `<name>@<family>`)."""
     if exists(f"{storage}/{name}"):
         tracker = Tracker.find(params.mlflow, "ray.run_name", name)
         if tracker is not None:
@@ -217,8 +218,9 @@ def _open_tracker(params: Params, name: str, storage: str, arrays: TrainArrays, 
             return tracker
     tags = run_tags(**{"world_size": workers, "device": "cuda" if params.ray.use_gpu else "cpu",
                        "ray.address": address, "ray.run_name": name,
-                       "data.sha256": arrays.sha256})
-    tracker = Tracker.start(params.mlflow, name, flatten(params), tags)
+                       "data.sha256": arrays.sha256, "zoo.family": family})
+    tracker = Tracker.start(params.mlflow, name, flatten(params), tags,
+                            suffix="" if family == DEFAULT_FAMILY else f"@{family}")
     tracker.log_dataset("train", data, "training", arrays.sha256, len(arrays.images))
     return tracker
 
@@ -275,9 +277,12 @@ def _raise_worker_error(error_file: str) -> None:
 
 
 def train(params: Params, data: str | Path, models_dir: Path, metrics_dir: Path,
-          root: Path | None = None, fault: Fault | None = None) -> dict[str, Any]:
-    """Run (or resume, or extend) distributed GAN training; write the train stage's outs;
-    return train.json. `fault` is the fault-tolerance tests' `pipeline.train.faults.KillAt`."""
+          root: Path | None = None, fault: Fault | None = None,
+          family: str = DEFAULT_FAMILY) -> dict[str, Any]:
+    """Run (or resume, or extend) distributed GAN training of `params` (zoo family `family`'s,
+    see `load_params(family=...)`); write the train stage's outs; return train.json. Only the
+    default family's generator is registered. `fault` is the fault-tolerance tests'
+    `pipeline.train.faults.KillAt`."""
     rc = params.ray
     if rc.use_gpu and not (rc.address or os.environ.get("RAY_ADDRESS")) \
             and not torch.cuda.is_available():
@@ -296,7 +301,8 @@ def train(params: Params, data: str | Path, models_dir: Path, metrics_dir: Path,
                             f"{len(arrays.images)} training images")
         check_cluster(params, storage, uri, workers)
         name = run_name(params, arrays.sha256, workers)
-        tracker = _open_tracker(params, name, storage, arrays, str(data), address, workers)
+        tracker = _open_tracker(params, name, storage, arrays, str(data), address, workers,
+                                family)
         print(f"training run {name} ({workers} workers); MLflow: "
               f"{run_url(tracker.uri, tracker.experiment_id, tracker.run_id)}", flush=True)
         error_file = f"{storage}/{name}.error.txt"
@@ -314,7 +320,7 @@ def train(params: Params, data: str | Path, models_dir: Path, metrics_dir: Path,
                 history = export(Path(ckpt_dir), models_dir, metrics_dir)
             last = history[-1]
             summary = {**{k: last[k] for k in LOG_FIELDS}, "world_size": workers,
-                       "run_name": name,
+                       "run_name": name, "family": family,
                        # Training time over every epoch, across resumes and restarts; the
                        # stage's own wall time (with Ray start-up) is this invocation's only.
                        "total_seconds": round(sum(r["epoch_seconds"] for r in history), 2),
@@ -322,7 +328,8 @@ def train(params: Params, data: str | Path, models_dir: Path, metrics_dir: Path,
                        "mean_images_per_s": sum(r["images_per_s"] for r in history)
                        / len(history)}
             write_json(metrics_dir / "train.json", summary)
-            version = register_generator(tracker, models_dir / "generator.pt", params)
+            version = (register_generator(tracker, models_dir / "generator.pt", params)
+                       if family == DEFAULT_FAMILY else None)
             tracker.write_run_file(models_dir / "run.json", run_name=name, world_size=workers,
                                    registered_model=params.mlflow.registered_model,
                                    model_version=version)
