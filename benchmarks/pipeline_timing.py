@@ -2,10 +2,10 @@
 
     unshare -n sh -c 'ip link set lo up; .venv/bin/python benchmarks/pipeline_timing.py --force'
 
-Runs `dvc repro [--force]` with the venv on PATH, timestamps every "Running stage 'X'" line
-DVC prints, and writes benchmarks/results/pipeline_timing.json: per-stage seconds (from its
-start line to the next stage's, or to the end), the total, the per-epoch log lines each
-train stage printed (by stage), and the machine. `--force` re-runs every stage (the from-scratch figure, the
+Runs `dvc repro [--force]` with the venv on PATH, timestamps every "Running stage 'X'" line DVC
+prints, and writes benchmarks/results/pipeline_timing.json: per-stage seconds (from its start
+line to the next stage's, or to the end), the total, the per-epoch log lines each train stage
+printed (by stage), and the machine. `--force` re-runs every stage (the from-scratch figure, the
 one-time install aside); without it only what changed runs.
 """
 

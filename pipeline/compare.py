@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import DEFAULT_FAMILY
 from pipeline.errors import UserError, run_cli
 
 
@@ -43,6 +44,7 @@ COLUMNS = (
     Column("FID-Inc", r"fid_inception_(\d+k?)", ".4g"),
     Column("det AUC", r"detector_auc()", ".4f"),
     Column("det AP", r"detector_ap()", ".4f"),
+    Column("LOO AP", r"leave_one_out\.mean_ap()", ".3f"),
     Column("epochs", r"epoch()", "d"),
     Column("train s", r"total_seconds()", ".0f"),
 )
@@ -50,9 +52,11 @@ COLUMNS = (
 LEGEND = """\
 FID, floor, prec(ision), recall: generated vs real images in the domain feature space, N images
   each (metrics/quality.json); floor: real vs real at the same N. FID lower is better, prec and
-  recall higher. FID-Inc: FID with Inception-v3 features. det AUC/AP: the real-vs-fake detector
-  on held-out images (metrics/detector.json). train s: training time. Right of |: the params
-  that differ between the rows. Every metric: dvc exp show; dvc metrics diff."""
+  recall higher. FID-Inc: FID with Inception-v3 features. det AUC/AP: the shipped real-vs-fake
+  detector on held-out images of every zoo family (metrics/detector.json). LOO AP: a detector
+  tested on the family it never saw, mean over families (metrics/crossgen.json). epochs, train
+  s: the default model's (metrics/dcgan/train.json). Right of |: the params that differ
+  between the rows. Every metric: dvc exp show; dvc metrics diff."""
 
 
 @dataclass
@@ -74,12 +78,19 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# A zoo family's own metrics files (metrics/<family>/train.json): the row shows the default
+# model's (metrics/dcgan/...), not whichever family's file comes last.
+OTHER_FAMILY = re.compile(rf"metrics/(?!{DEFAULT_FAMILY}/)[^/]+/[^/]+\.json$")
+
+
 def _run(name: str, data: dict[str, Any] | None) -> Run:
     run = Run(name)
     for kind, target in (("metrics", run.metrics), ("params", run.params)):
-        for result in ((data or {}).get(kind) or {}).values():
+        for path, result in ((data or {}).get(kind) or {}).items():
+            if kind == "metrics" and OTHER_FAMILY.search(path):
+                continue
             if isinstance(result, dict) and isinstance(result.get("data"), dict):
-                target.update(flatten(result["data"]) if kind == "params" else result["data"])
+                target.update(flatten(result["data"]))
     return run
 
 

@@ -78,10 +78,13 @@ def _load(generator_path: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict
 
 
 def generate_splits(generator_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                    cfg: GenerateConfig, seed: int) -> dict[str, Any]:
-    """Write the fake sets (SPLITS) and `grid.png` into `out_dir` (replaced whole, atomically),
-    sampling on the CPU. Returns a summary: counts per split, image_shape [H, W, C],
-    conditional, seconds."""
+                    cfg: GenerateConfig, seed: int, splits: tuple[str, ...] = SPLITS
+                    ) -> dict[str, Any]:
+    """Write the fake sets `splits` (default: all of SPLITS) and `grid.png` (the first split's
+    first images) into `out_dir` (replaced whole, atomically), sampling on the CPU. Returns a
+    summary: counts per split, image_shape [H, W, C], conditional, seconds."""
+    if not splits or set(splits) - set(SPLITS):
+        raise ValueError(f"splits must be some of {SPLITS}, got {splits}")
     G, meta = _load(generator_path)
     counts = {"eval": cfg.num_eval, "detector_train": cfg.num_detector_train,
               "detector_val": cfg.num_detector_val, "detector_test": cfg.num_detector_test}
@@ -89,11 +92,11 @@ def generate_splits(generator_path: str | os.PathLike[str], out_dir: str | os.Pa
     start = time.monotonic()
     summary: dict[str, Any] = {}
     with atomic_dir(out_dir) as tmp:
-        for split in SPLITS:
+        for split in (s for s in SPLITS if s in splits):
             noise_seed = split_seed(seed, split)
             images, labels = sample(G, meta, counts[split], noise_seed, cfg.batch_size,
                                     desc=f"generate {split}")
-            if split == "eval":  # exact: uint8 -> [-1, 1] -> uint8 gives back the same pixels
+            if "image_shape" not in summary:  # exact: uint8 -> [-1, 1] -> uint8, same pixels
                 save_grid(to_unit_range(images[:GRID_IMAGES]), tmp / "grid.png")
             # Written straight into the temp dir: atomic_dir publishes all files or none.
             with open(tmp / f"{split}.npz", "wb") as fh:

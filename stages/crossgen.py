@@ -33,6 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import time
+    from dataclasses import replace
 
     from pipeline.detect import load_detector  # torch: after argument errors
     from pipeline.detect.train import TrainSpec
@@ -53,8 +54,9 @@ def main() -> None:
     detector, _ = load_detector(args.detector, device)
     spec = TrainSpec(epochs=cg.epochs, batch_size=cg.batch_size, lr=cg.lr, width=cg.width,
                      seed=params.seed)
-    result = run_crossgen(real, {f: fakes[f] for f in families},
-                          CrossgenConfig(detector=spec, attributor=spec, seed=params.seed),
+    config = CrossgenConfig(detector=replace(spec, aug_prob=cg.aug_prob), attributor=spec,
+                            robustness_aug_prob=cg.aug_prob, seed=params.seed)
+    result = run_crossgen(real, {f: fakes[f] for f in families}, config,
                           detector=detector, device=device,
                           seed_pair={f: fakes[f] for f in cg.seed_pair} or None)
     runs = {}
@@ -71,12 +73,13 @@ def main() -> None:
     print(summary.markdown, flush=True)
 
     from pipeline.config import flatten
+    from pipeline.provenance import run_tags
     from pipeline.tracking import Tracker
 
     flat = {k: v for k, v in flatten(params).items()
             if k.split(".")[0] in ("seed", "crossgen", "zoo")}
-    tags = {**{f"zoo.{name}.run_id": run_id for name, run_id in runs.items()},
-            "gan-forensics.stage": "crossgen"}
+    tags = run_tags(**{f"zoo.{name}.run_id": run_id for name, run_id in runs.items()},
+                    **{"gan-forensics.stage": "crossgen", "device": device.type})
     # Closed FINISHED, or FAILED/KILLED on an error: the run is never left RUNNING.
     with Tracker.start(params.mlflow, "zoo", flat, tags, suffix="@crossgen").closing() as tracker:
         tracker.log_metrics(summary.metrics)

@@ -11,7 +11,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from pipeline.checkpoints import load_state, save_state, to_cpu
-from pipeline.detect.model import Detector, save_detector
+from pipeline.detect.model import SourceDetector, save_detector
 from pipeline.errors import UserError
 
 FMT = "gan-forensics/test-v1"
@@ -98,12 +98,12 @@ def test_detector_trained_on_a_gpu_is_saved_with_cpu_tensors(tmp_path: Path,
     then needed map_location to read it). Give save_detector a detector whose state_dict is on
     cuda:0 and check what reaches torch.save: every tensor on the CPU, the same keys and
     shapes. (Fake tensors have no data to write, so torch.save is replaced by a recorder.)"""
-    model = Detector(1, width=4)
+    model = SourceDetector(1, 3, width=4)
     gpu_state = on_cuda(model.state_dict())
     monkeypatch.setattr(model, "state_dict", lambda: gpu_state)
     saved: list[Any] = []
     monkeypatch.setattr(torch, "save", lambda obj, _path: saved.append(obj))
-    save_detector(tmp_path / "detector.pt", model, {"width": 4}, (1, 28, 28))
+    save_detector(tmp_path / "detector.pt", model, 4, ["real", "a", "b"], 0.5, (1, 28, 28))
     (ckpt,) = saved
     assert {t.device.type for t in leaves(ckpt)} == {"cpu"}
     assert {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()} == \

@@ -34,6 +34,12 @@ def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=180)
 
 
+def load_detector_meta(ws: Path) -> dict:
+    from pipeline.detect import load_detector
+
+    return load_detector(ws / "models" / "detector.pt")[1]
+
+
 def save_png(path: Path, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
@@ -45,9 +51,9 @@ def ws(digits_gan: DigitsGAN, tmp_path_factory) -> Path:
     CLI's defaults) and the user files of the cases below."""
     import torch
 
-    from pipeline.config import DetectConfig
-    from pipeline.detect import save_detector
-    from pipeline.detect.train import train_detector
+    from pipeline.detect import predict, save_detector
+    from pipeline.detect.scores import calibrate_threshold
+    from pipeline.detect.train import TrainSpec, train_attributor
     from pipeline.metrics.featurenet import save_featurenet, train_featurenet
 
     root = tmp_path_factory.mktemp("cli")
@@ -57,9 +63,16 @@ def ws(digits_gan: DigitsGAN, tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core machine: one thread is the fast setting
     try:
-        det = train_detector(reals[:200], fakes[:200], DetectConfig(
-            device="cpu", epochs=4, batch_size=32, lr=2e-3, width=8), 0, log=False)
-        save_detector(root / "models/detector.pt", det, {"width": 8}, (1, 28, 28))
+        # The shipped kind: real vs two families, the trained G ("dcgan") and the same G
+        # untrained ("blobs"), its threshold calibrated on held-out images.
+        blobs = digits_gan.fakes(300, seed=2, trained=False)
+        det = train_attributor([reals[:200], fakes[:100], blobs[:100]],
+                               TrainSpec(epochs=4, batch_size=32, lr=2e-3, width=8))
+        threshold = calibrate_threshold(np.r_[np.zeros(100), np.ones(100)], np.r_[
+            predict(det, images[1700:1797][:100]), predict(det, np.r_[fakes[100:150],
+                                                                      blobs[100:150]])])
+        save_detector(root / "models/detector.pt", det, 8, ["real", "dcgan", "blobs"],
+                      threshold, (1, 28, 28))
         net, _ = train_featurenet((images[400:1300], labels[400:1300]),
                                   (images[1300:1500], labels[1300:1500]), 10, width=8,
                                   epochs=2, batch_size=64, lr=3e-3, seed=0, log=lambda _: None)
@@ -266,10 +279,19 @@ def test_detect_scores_images_like_its_training_images(ws: Path) -> None:
     real = [rows[n]["p_fake"] for n in rows if n.startswith("real")]
     assert min(fake) > max(real), rows  # the GAN's fakes rank above held-out real digits
     assert rows["real_rgb.png"]["p_fake"] == rows["real0.png"]["p_fake"]  # gray saved as RGB
+    # The likeliest source of the GAN's fakes is the GAN's family, not the blobs.
+    assert {rows[f"fake{i}.png"]["source"] for i in range(3)} == {"dcgan"}, rows
+    assert all(0.5 <= rows[f"fake{i}.png"]["p_source"] <= 1 for i in range(3))
+    threshold = float(load_detector_meta(ws)["config"]["threshold"])
+    assert [r["verdict"] for r in rows.values()] == \
+        ["fake" if r["p_fake"] >= threshold else "real" for r in rows.values()]
     text = cli(ws, "detect", "suspects/fake0.png")
-    verdict = "fake" if fake[0] >= 0.5 else "real"
+    row = rows["fake0.png"]
     assert (text.returncode, text.stderr) == (0, "")
-    assert text.stdout == f"{fake[0]:.4f}  {verdict}  fake0.png\n"
+    header, line = text.stdout.splitlines()
+    assert header.startswith("p_fake  verdict  source") and f"{threshold:.4f}" in header
+    assert line.split() == [f"{fake[0]:.4f}", row["verdict"], "dcgan",
+                            f"{row['p_source']:.4f}", "fake0.png"]
 
 
 def test_detect_resize_flags_what_is_outside_the_training_distribution(ws: Path) -> None:
@@ -286,10 +308,11 @@ def test_detect_resize_flags_what_is_outside_the_training_distribution(ws: Path)
                                              "converted to gray, score unreliable")
     text = cli(ws, "detect", "noise.png", "--resize")
     assert (text.returncode, text.stderr) == (0, "")
-    p = rows["noise.png"]["p_fake"]
-    assert text.stdout == (f"{p:.4f}  {'fake' if p >= 0.5 else 'real'}  noise.png  [outside "
-                           "the training distribution (100x80 gray; the detector was trained "
-                           "on 28x28 gray): resized, score unreliable]\n")
+    row = rows["noise.png"]
+    assert text.stdout.splitlines()[1].endswith(
+        f"{row['p_fake']:.4f}  {row['verdict']:<7}  {row['source']:<14}{row['p_source']:>8.4f}"
+        "  noise.png  [outside the training distribution (100x80 gray; the detector was "
+        "trained on 28x28 gray): resized, score unreliable]")
 
 
 def test_fid_prints_the_real_vs_real_floor_at_the_same_n(ws: Path) -> None:

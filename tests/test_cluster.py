@@ -149,8 +149,8 @@ def test_submit_trains_on_a_two_node_cluster(tmp_path):
         except AssertionError as exc:  # still show what submit printed
             after = {"nodes": [], "jobs": [], "workers": [], "error": str(exc)}
         client = MlflowClient(tracking)
-        run_id = json.loads((repo / "models" / "run.json").read_text())["run_id"] \
-            if (repo / "models" / "run.json").is_file() else None
+        run_id = json.loads((repo / "models" / "dcgan" / "run.json").read_text())["run_id"] \
+            if (repo / "models" / "dcgan" / "run.json").is_file() else None
         run = client.get_run(run_id) if run_id else None
         histories = {key: client.get_metric_history(run_id, key) if run_id else []
                      for key in ("curves/loss_d", "curves/loss_g")}
@@ -181,15 +181,15 @@ def test_submit_trains_on_a_two_node_cluster(tmp_path):
     assert not left, f"cluster processes left running: {left}"
 
     # Outputs pulled back into the repo copy; they load.
-    train = json.loads((repo / "metrics" / "train.json").read_text())
+    train = json.loads((repo / "metrics" / "dcgan" / "train.json").read_text())
     assert train["world_size"] == 2 and train["epoch"] == EPOCHS, train
     assert train["run_name"] == expected_name, "the job did not run this repo copy's code"
-    assert f"pulled {repo / 'models' / 'generator.pt'}" in done.stdout, context
-    generator, meta = load_generator(repo / "models" / "generator.pt")
+    assert f"pulled {repo / 'models' / 'dcgan' / 'generator.pt'}" in done.stdout, context
+    generator, meta = load_generator(repo / "models" / "dcgan" / "generator.pt")
     assert meta["epoch"] == EPOCHS and sum(p.numel() for p in generator.parameters()) > 0
-    _, disc_meta = load_discriminator(repo / "models" / "discriminator.pt")
+    _, disc_meta = load_discriminator(repo / "models" / "dcgan" / "discriminator.pt")
     assert disc_meta["epoch"] == EPOCHS, disc_meta
-    log = (repo / "metrics" / "train_log.csv").read_text().splitlines()
+    log = (repo / "metrics" / "dcgan" / "train_log.csv").read_text().splitlines()
     assert len(log) == 1 + EPOCHS, log
 
     # Ray Train's checkpoints stay under <storage>/<run name>/checkpoint_*/.

@@ -40,7 +40,7 @@ def test_committed_results_hold_no_absolute_path() -> None:
     files = subprocess.run(["git", "ls-files", *TRACKED], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split()
     parsed = [f for f in files if f.endswith((".json", ".lock"))]
-    assert "models/run.json" in parsed and "dvc.lock" in parsed
+    assert "models/dcgan/run.json" in parsed and "dvc.lock" in parsed
     found = []
     for name in parsed:
         text = (REPO / name).read_text()

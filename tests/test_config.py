@@ -40,6 +40,27 @@ def test_repo_params_yaml_is_valid_and_complete():
          "evaluate.inception.enabled: must be one of 'auto', 'on' or 'off', got 'maybe'"),
         ({"evaluate": {"num_samples": 100}}, "evaluate.kid_subset_size: must be <= evaluate"),
         ([1, 2], "must be a mapping of sections, got list"),
+        ({"zoo": {"dcgan": {}, "sngan": {"train": {"epochs": -1}}}},
+         "zoo.sngan.train.epochs: must be > 0, got -1"),
+        ({"zoo": {"dcgan": {}, "sngan": {"model": {"arch": "stylegan"}}}},
+         "zoo.sngan.model.arch: must be one of 'dcgan', 'sngan', 'wgan-gp' or 'vae', got "
+         "'stylegan'"),
+        ({"zoo": {"dcgan": {}, "x": {"model": {"bogus": 1}}}},
+         "zoo.x.model.bogus: unknown key (valid: arch,"),
+        ({"zoo": {"dcgan": {}, "x": {"lr": 1}}}, "zoo.x.lr: unknown key (valid: seed, model, "
+         "train)"),
+        ({"zoo": {"dcgan": {}, "x": {"model": {"arch": "sngan", "d_norm": "layer"}}}},
+         "zoo.x.model.d_norm: model.arch sngan needs 'spectral'"),
+        ({"zoo": {"sngan": {}, "vae": {}}}, "zoo: must have the default model 'dcgan'"),
+        ({"zoo": {"dcgan": {"seed": 3}, "vae": {}}}, "zoo.dcgan: must be {}"),
+        ({"zoo": {"dcgan": {}, "Bad Name": {}}}, "zoo.Bad Name: a family name is lower-case"),
+        ({"zoo": {"dcgan": {}, "vae": {}}, "crossgen": {"families": ["dcgan", "stylegan"]}},
+         "crossgen.families: unknown family 'stylegan' (valid: dcgan, vae)"),
+        ({"zoo": {"dcgan": {}, "vae": {}}, "crossgen": {"seed_pair": ["dcgan"]}},
+         "crossgen.seed_pair: must be two different zoo families or [], got ['dcgan']"),
+        ({"zoo": {"dcgan": {}, "a": {"seed": 1}, "b": {"seed": 2, "train": {"epochs": 9}},
+                  "c": {}}, "crossgen": {"seed_pair": ["a", "b"]}},
+         "crossgen.seed_pair: a and b must differ in their seed and in nothing else"),
     ],
 )
 def test_bad_params_name_the_key(raw, expected):
@@ -73,3 +94,36 @@ def test_gpu_profile_is_valid_and_yaml_on_means_on():
     assert params.evaluate.inception.enabled == "on"  # written as a bare YAML `on`
     assert parse_params({"evaluate": {"inception": {"enabled": False}}}).evaluate.inception \
         .enabled == "off"
+
+
+def test_zoo_family_params_merge_over_the_top_level_with_the_arch_preset():
+    raw = {"seed": 5, "model": {"g_features": 48}, "train": {"lr_g": 0.003, "n_critic": None},
+           "zoo": {"dcgan": {}, "wgan-gp": {"model": {"arch": "wgan-gp", "d_features": 16}},
+                   "twin": {"seed": 7, "train": {"epochs": 2}}}}
+    base = parse_params(raw)
+    assert base.family_names() == ["dcgan", "wgan-gp", "twin"]
+    assert parse_params(raw, family="dcgan") == base  # the default model is the top level
+    wgan = parse_params(raw, family="wgan-gp")
+    # Its own keys win, the top level fills the rest, and the arch's preset applies to what is
+    # left at the schema default (n_critic: 5 for wgan-gp, though the dcgan preset gives 1).
+    assert (wgan.model.arch, wgan.model.d_features, wgan.model.g_features) == \
+        ("wgan-gp", 16, 48)
+    assert (wgan.train.loss, wgan.train.n_critic, wgan.model.d_norm) == ("wgan-gp", 5, "layer")
+    assert (wgan.train.lr_g, wgan.seed) == (0.003, 5)
+    twin = parse_params(raw, family="twin")
+    assert (twin.seed, twin.train.epochs, twin.model.arch) == (7, 2, "dcgan")
+    with pytest.raises(UserError, match=r"zoo: no family 'bogus' \(valid: dcgan, wgan-gp, "
+                                        r"twin\)"):
+        parse_params(raw, family="bogus")
+
+
+def test_repo_zoo_is_what_the_pipeline_trains():
+    params = load_params(REPO / "params.yaml")
+    assert list(params.zoo)[0] == "dcgan" and {"sngan", "wgan-gp", "vae"} <= set(params.zoo)
+    archs = {name: load_params(REPO / "params.yaml", family=name).model.arch
+             for name in params.zoo}
+    assert {archs[n] for n in params.family_names()} == {"dcgan", "sngan", "wgan-gp", "vae"}
+    a, b = params.crossgen.seed_pair
+    assert archs[a] == archs[b] == "dcgan"
+    gpu = load_params(REPO / "params-gpu.yaml")
+    assert list(gpu.zoo) == list(params.zoo) and gpu.crossgen.seed_pair == [a, b]

@@ -289,3 +289,106 @@ def test_crossgen_needs_two_families():
     x = textured(8)
     with pytest.raises(UserError, match="at least two families"):
         run_crossgen(Split(x, x, x), {"only": Split(x, x, x)})
+
+
+# --- the crossgen stage, end to end ------------------------------------------------------------
+
+def fingerprint(images: np.ndarray, seed: int) -> np.ndarray:
+    """A fixed, seed-dependent +-8 pattern on every image: two "generators" of one recipe that
+    differ only in their seed (Yu et al. 2019: seeds leave fingerprints of their own)."""
+    pattern = np.random.default_rng(seed).choice([-8, 8], size=(1, 28, 28, 1))
+    return np.clip(images.astype(int) + pattern, 0, 255).astype(np.uint8)
+
+
+def test_crossgen_stage_end_to_end(tmp_path, run_stage, monkeypatch):
+    """stages/crossgen.py on files laid out as the pipeline writes them: metrics/crossgen.json
+    with every key (the seed pair's attribution too), the plots, and an MLflow run of its own
+    that links each family's model run."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.config import MlflowConfig
+    from pipeline.data.arrays import save_split
+    from pipeline.detect import save_detector
+    from pipeline.detect.train import train_attributor
+    from pipeline.tracking import Tracker
+
+    images = digits_28()
+    names = [str(i) for i in range(10)]
+    labels = np.zeros(len(images), dtype=np.int64)
+    prepared = tmp_path / "data" / "prepared"
+    for name, rows in (("train", slice(0, 400)), ("val", slice(400, 500)),
+                       ("test", slice(500, 700))):
+        save_split(prepared / f"{name}.npz", images[rows], labels[rows], names)
+    pool = images[700:1300]  # fakes never reuse a real image
+    makers = {"dcgan": shuffled_patches, "checker": checker, "blur-noise": blur_noise,
+              "fp-s1": lambda x: fingerprint(x, 1), "fp-s2": lambda x: fingerprint(x, 2)}
+    monkeypatch.chdir(tmp_path)  # the sqlite store keeps artifacts in ./mlartifacts
+    mlflow_cfg = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                              experiment="cg")
+    sets = {}
+    for k, (family, make) in enumerate(makers.items()):
+        fakes = make(pool)
+        sets[family] = fakes
+        for j, (split_name, rows) in enumerate((("train", slice(0, 300)), ("val", slice(300, 400)),
+                                                ("test", slice(400, 600)))):
+            path = tmp_path / "data" / "generated" / family / f"detector_{split_name}.npz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, images=fakes[rows], labels=np.full(rows.stop - rows.start, -1),
+                     noise_seed=np.int64(10 * k + j))
+        tracker = Tracker.start(mlflow_cfg, f"model-{family}", {})
+        tracker.write_run_file(tmp_path / "models" / family / "run.json")
+        tracker.close()
+    spec = TrainSpec(epochs=1, batch_size=32, lr=2e-3, width=8)
+    shipped = train_attributor([images[:400], *(s[:80] for s in sets.values())], spec)
+    save_detector(tmp_path / "models" / "detector.pt", shipped, 8, ["real", *makers], 0.5,
+                  (1, 28, 28))
+    params = {"mlflow": mlflow_cfg.model_dump(), "detect": {"device": "cpu"},
+              "zoo": {"dcgan": {}, "checker": {"seed": 3}, "blur-noise": {"seed": 4},
+                      "fp-s1": {"seed": 1}, "fp-s2": {"seed": 2}},
+              "crossgen": {"seed_pair": ["fp-s1", "fp-s2"], "num_train": 300, "num_val": 100,
+                           "num_test": 200, "epochs": 2, "batch_size": 32, "lr": 0.002,
+                           "width": 8}}
+    args = ["--real", "data/prepared", "--fake", "data/generated", "--detector",
+            "models/detector.pt", "--models", "models", "--metrics", "metrics/crossgen.json",
+            "--plots", "metrics/crossgen"]
+    done = run_stage("crossgen", *args, cwd=tmp_path, params=params)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "metrics" / "crossgen.json").read_text())
+    assert set(result) == {"matrix", "leave_one_out", "attribution", "robustness", "sizes",
+                           "params", "model_runs", "seconds"}
+    families = ["dcgan", "checker", "blur-noise"]  # the zoo minus the seed pair
+    assert list(result["matrix"]) == families
+    assert set(result["leave_one_out"]["per_family"]) == set(families)
+    pair = result["attribution"]["seed_pair"]
+    assert pair["classes"] == ["real", "fp-s1", "fp-s2"]
+    assert pair["fake_accuracy"] > 0.9  # a fixed pattern per seed: far above chance (0.5)
+    assert sorted(result["model_runs"]) == sorted(makers)
+    assert sorted(p.name for p in (tmp_path / "metrics" / "crossgen").iterdir()) == [
+        "attribution.png", "attribution_seed_pair.png", "matrix_ap.png", "matrix_auc.png",
+        "robustness.png"]
+    assert "leave-one-out mean AP" in done.stdout
+
+    client = MlflowClient(mlflow_cfg.tracking_uri)
+    exp = client.get_experiment_by_name("cg")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`gan-forensics.stage` = 'crossgen'")
+    assert run.info.run_name == "zoo@crossgen" and run.info.status == "FINISHED"
+    for family in makers:
+        linked = run.data.tags[f"zoo.{family}.run_id"]
+        assert linked == json.loads((tmp_path / "models" / family / "run.json").read_text())[
+            "run_id"]
+    assert run.data.metrics["crossgen/loo_mean_ap"] == pytest.approx(
+        result["leave_one_out"]["mean_ap"])
+    assert run.data.metrics["crossgen/seed_pair_fake_accuracy"] == pytest.approx(
+        pair["fake_accuracy"])
+    assert run.data.tags["mlflow.note.content"].startswith("**Crossgen**")
+    logged = {f.path for f in client.list_artifacts(run.info.run_id, "crossgen")}
+    assert {"crossgen/crossgen.json", "crossgen/robustness.png"} <= logged
+
+    # A family the zoo does not have: one line listing the valid ones, nothing written.
+    before = (tmp_path / "metrics" / "crossgen.json").read_bytes()
+    params["crossgen"]["families"] = ["dcgan", "stylegan"]
+    bad = run_stage("crossgen", *args, cwd=tmp_path, params=params)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+    assert "crossgen.families: unknown family 'stylegan' (valid: dcgan, checker, blur-noise, " \
+           "fp-s1, fp-s2)" in bad.stderr
+    assert (tmp_path / "metrics" / "crossgen.json").read_bytes() == before

@@ -1,8 +1,10 @@
-"""The detect stage: detector training, baselines, robustness transforms, outs and errors.
+"""The detect stage: the shipped detector over {real, families}, its calibrated threshold and
+source attribution, baselines, robustness transforms, outs and errors.
 
 Real images are sklearn's digits at 28x28 (rows 0-399: the `digits_gan` fixture's G never saw
-them); the fakes are samples of that briefly trained DCGAN (conftest `digits_gan`), which look
-like digits in pixel statistics, so a detector has to learn GAN traces, not "noise vs ink".
+them); the fakes of family "dcgan" are samples of that briefly trained DCGAN (conftest
+`digits_gan`), which look like digits in pixel statistics, so a detector has to learn GAN
+traces, not "noise vs ink"; family "blobs" is the same G untrained.
 Measured over 4 fixture seeds, with CFG: detector AUC >= 0.999, EER <= 0.02, the spectrum
 baseline AUC 1.0 (transposed convolutions leave a periodic fingerprint), the GAN's own trained
 discriminator AUC 0.60-0.81 (untrained: 0.48-0.51, too close on 60 + 60 images to assert on).
@@ -23,11 +25,11 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline.config import DetectConfig
 from pipeline.data.arrays import save_split
-from pipeline.detect import load_detector, predict, score_images
+from pipeline.detect import class_probs, load_detector, predict, score_images
 from pipeline.detect.baselines import SpectrumDetector, azimuthal_spectrum, discriminator_scores
 from pipeline.detect.robustness import gaussian_blur, jpeg, perturbations
 from pipeline.detect.run import load_detect_data, run_detect, write_outputs
-from pipeline.detect.train import train_detector
+from pipeline.detect.train import TrainSpec, train_attributor, train_detector
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
 
@@ -35,7 +37,8 @@ from conftest import DigitsGAN
 
 # One thread: on a shared 2-core machine two OpenMP threads ran these steps up to 40x slower.
 torch.set_num_threads(1)
-CFG = DetectConfig(device="cpu", epochs=4, batch_size=32, lr=2e-3, width=8)
+CFG = DetectConfig(device="cpu", epochs=4, batch_size=32, lr=2e-3, width=8, aug_prob=0.0)
+SPEC = TrainSpec(epochs=4, batch_size=32, lr=2e-3, width=8)
 
 
 @pytest.fixture(scope="module")
@@ -62,27 +65,42 @@ def write_fakes(path: Path, images: np.ndarray, noise_seed: int) -> None:
                         noise_seed=np.int64(noise_seed))
 
 
+FAMILIES = ["dcgan", "blobs"]  # the trained digits GAN, and the same G untrained (grey blobs)
+
+
+def write_family(root: Path, family: str, gan: DigitsGAN, counts: tuple[int, int, int],
+                 seed: int) -> None:
+    """data/generated/<family>/detector_{train,val,test}.npz as the generate stage writes them."""
+    for k, (split, n) in enumerate(zip(("train", "val", "test"), counts, strict=True)):
+        noise_seed = 100 * seed + k
+        write_fakes(root / family / f"detector_{split}.npz",
+                    gan.fakes(n, seed=noise_seed, trained=family != "blobs"), noise_seed)
+
+
 @pytest.fixture
 def workspace(tmp_path: Path, digits28, digits_gan: DigitsGAN) -> Path:
-    """tmp_path with data/prepared (digits the GAN never saw), data/generated (GAN fakes) and
-    models/{generator,discriminator}.pt (the trained GAN)."""
+    """tmp_path with data/prepared (digits the GAN never saw), data/generated/<family> for two
+    families (GAN fakes, untrained-G blobs) and models/dcgan/{generator,discriminator}.pt."""
     import shutil
 
     images, labels = digits28
-    assert digits_gan.train_rows.start >= 360  # the real sets below are held out from G
+    assert digits_gan.train_rows.start >= 380  # the real sets below are held out from G
     names = [str(i) for i in range(10)]
     prepared = tmp_path / "data" / "prepared"
     save_split(prepared / "train.npz", images[:240], labels[:240], names)
-    save_split(prepared / "val.npz", images[240:260], labels[240:260], names)
-    save_split(prepared / "test.npz", images[260:360], labels[260:360], names)
-    write_fakes(tmp_path / "data" / "generated" / "detector_train.npz",
-                digits_gan.fakes(200, seed=11), 11)
-    write_fakes(tmp_path / "data" / "generated" / "detector_test.npz",
-                digits_gan.fakes(60, seed=12), 12)
-    (tmp_path / "models").mkdir()
-    shutil.copy(digits_gan.generator, tmp_path / "models" / "generator.pt")
-    shutil.copy(digits_gan.discriminator, tmp_path / "models" / "discriminator.pt")
+    save_split(prepared / "val.npz", images[240:280], labels[240:280], names)
+    save_split(prepared / "test.npz", images[280:380], labels[280:380], names)
+    for k, family in enumerate(FAMILIES):
+        write_family(tmp_path / "data" / "generated", family, digits_gan, (200, 20, 60), k + 1)
+    (tmp_path / "models" / "dcgan").mkdir(parents=True)
+    shutil.copy(digits_gan.generator, tmp_path / "models" / "dcgan" / "generator.pt")
+    shutil.copy(digits_gan.discriminator, tmp_path / "models" / "dcgan" / "discriminator.pt")
     return tmp_path
+
+
+def load(workspace: Path, families: list[str] = FAMILIES, num_train: int | None = None):
+    return load_detect_data(workspace / "data" / "prepared", workspace / "data" / "generated",
+                            families, 0, num_train)
 
 
 def test_gan_fakes_look_like_digits_not_noise(digits28, digits_gan: DigitsGAN) -> None:
@@ -107,29 +125,38 @@ def test_gan_fakes_look_like_digits_not_noise(digits28, digits_gan: DigitsGAN) -
 
 def test_detector_learns_gan_fakes_vs_digits(digits28, digits_gan: DigitsGAN) -> None:
     images, _ = digits28
-    model = train_detector(images[:200], digits_gan.fakes(200, seed=21), CFG, seed=0, log=False)
+    model = train_detector(images[:200], digits_gan.fakes(200, seed=21), SPEC)
     real, fake = predict(model, images[300:400]), predict(model, digits_gan.fakes(100, seed=22))
     labels = np.r_[np.zeros(100), np.ones(100)]
     assert roc_auc(labels, np.r_[real, fake]) > 0.95  # an untrained detector: ~0.5
 
 
 def test_load_detect_data_balances_without_reuse(workspace: Path) -> None:
-    data = load_detect_data(workspace / "data" / "prepared", workspace / "data" / "generated", 0)
-    assert len(data.real_train) == len(data.fake_train) == 200  # 240 real -> seeded 200
-    assert len(data.real_test) == len(data.fake_test) == 60  # 100 real test -> seeded 60
-    real = {img.tobytes() for img in data.real_train}
-    assert not real & {img.tobytes() for img in data.real_test}  # digits has no duplicates
-    again = load_detect_data(workspace / "data" / "prepared", workspace / "data" / "generated", 0)
-    np.testing.assert_array_equal(data.real_test, again.real_test)  # seeded
+    data = load(workspace)
+    # Per split: an equal share per family, and as many real images as fakes in all.
+    assert [len(f) for f in data.fake_train] == [120, 120] and len(data.real_train) == 240
+    assert [len(f) for f in data.fake_val] == [20, 20] and len(data.real_val) == 40
+    assert [len(f) for f in data.fake_test] == [50, 50] and len(data.real_test) == 100
+    assert len(data.fake_test_labels) == 100 and (data.fake_test_labels == -1).all()
+    seen = [{img.tobytes() for img in s} for s in (data.real_train, data.real_val,
+                                                    data.real_test)]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])  # disjoint
+    np.testing.assert_array_equal(data.real_test, load(workspace).real_test)  # seeded
+    capped = load(workspace, num_train=100)
+    assert [len(f) for f in capped.fake_train] == [50, 50] and len(capped.real_train) == 100
 
 
 def test_run_detect_and_outputs(workspace: Path) -> None:
-    data = load_detect_data(workspace / "data" / "prepared", workspace / "data" / "generated", 0)
-    result = run_detect(data, workspace / "models" / "discriminator.pt", CFG, 0,
+    data = load(workspace)
+    result = run_detect(data, workspace / "models" / "dcgan" / "discriminator.pt", CFG, 0,
                         torch.device("cpu"), log=False)
     m = result.metrics
-    # An untrained detector scores AUC ~0.5, EER ~0.5.
+    # An untrained detector scores AUC ~0.5, EER ~0.5; a source guess at chance 0.5.
     assert m["detector_auc"] > 0.95 and m["detector_eer"] < 0.1 and m["detector_ap"] > 0.95
+    assert m["detector_calibrated_accuracy"] > 0.85 and 0 < m["detector_threshold"] < 1
+    assert m["detector_source_accuracy"] > 0.9  # digit-like fakes vs grey blobs
+    assert set(m["per_family"]) == set(FAMILIES) and m["families"] == FAMILIES
+    assert all(v["auc"] > 0.9 for v in m["per_family"].values()), m["per_family"]
     # Transposed convolutions leave a periodic trace in the spectrum (Durall et al. 2020).
     assert m["spectrum_auc"] > 0.9
     for key in ("detector_accuracy", "detector_tpr_at_1fpr", "discriminator_auc",
@@ -137,7 +164,8 @@ def test_run_detect_and_outputs(workspace: Path) -> None:
                 "detector_auc_jpeg75", "detector_auc_blur1.0", "spectrum_auc_jpeg75",
                 "discriminator_auc_blur1.0", "detector_auc_jpeg75_fakes_only"):
         assert 0.0 <= m[key] <= 1.0, key
-    assert (m["n_test_real"], m["n_test_fake"], m["n_train_real"]) == (60, 60, 200)
+    assert (m["n_test_real"], m["n_test_fake"], m["n_train_real"], m["n_val_fake"]) == \
+        (100, 100, 240, 40)
 
     out = workspace / "out"
     write_outputs(result, CFG, out / "detector.pt", out / "detector.json", out / "roc.csv",
@@ -147,25 +175,41 @@ def test_run_detect_and_outputs(workspace: Path) -> None:
     assert rows[0] == "fpr,tpr" and rows[1] == "0.000000,0.000000" and 3 <= len(rows) <= 201
     assert (out / "detector" / "roc.png").stat().st_size > 1000
     ckpt = torch.load(out / "detector.pt", weights_only=True)
-    assert ckpt["image_shape"] == [1, 28, 28] and ckpt["config"] == {"width": 8}
-    # The saved detector scores as the in-memory one did.
-    np.testing.assert_allclose(score_images(out / "detector.pt", data.fake_test),
-                               predict(result.model, data.fake_test), atol=1e-6)
+    assert ckpt["image_shape"] == [1, 28, 28]
+    assert ckpt["config"] == {"width": 8, "classes": ["real", *FAMILIES],
+                              "threshold": pytest.approx(m["detector_threshold"])}
+    # The saved detector scores as the in-memory one did; P(fake) = 1 - P(real).
+    fakes = np.concatenate(data.fake_test)
+    np.testing.assert_allclose(score_images(out / "detector.pt", fakes),
+                               predict(result.model, fakes), atol=1e-6)
+    loaded, _ = load_detector(out / "detector.pt")
+    np.testing.assert_allclose(1 - class_probs(loaded, fakes)[:, 0], predict(loaded, fakes),
+                               atol=1e-6)
+
+
+def test_augmented_training_still_learns(workspace: Path) -> None:
+    data = load(workspace)
+    aug = CFG.model_copy(update={"aug_prob": 0.5})
+    result = run_detect(data, workspace / "models" / "dcgan" / "discriminator.pt", aug, 0,
+                        torch.device("cpu"), log=False)
+    assert result.metrics["detector_auc"] > 0.9
 
 
 def test_score_images_converts_other_sizes(workspace: Path, digits28) -> None:
-    data = load_detect_data(workspace / "data" / "prepared", workspace / "data" / "generated", 0)
-    model = train_detector(data.real_train, data.fake_train, CFG, 0, log=False)
+    data = load(workspace)
+    model = train_attributor([data.real_train, *data.fake_train], SPEC)
     from pipeline.detect import save_detector
 
-    save_detector(workspace / "d.pt", model, {"width": 8}, (1, 28, 28))
+    save_detector(workspace / "d.pt", model, 8, ["real", *FAMILIES], 0.5, (1, 28, 28))
     loaded, meta = load_detector(workspace / "d.pt")
-    assert meta["image_shape"] == [1, 28, 28]
+    assert meta["image_shape"] == [1, 28, 28] and meta["config"]["classes"][0] == "real"
     with pytest.warns(UserWarning, match="resizing"):
         p = score_images(workspace / "d.pt", noise(5, 3, (16, 16, 3)))
     assert p.shape == (5,) and ((p >= 0) & (p <= 1)).all()
     with pytest.raises(UserError, match="detector not found"):
         score_images(workspace / "missing.pt", noise(2, 0))
+    with pytest.raises(ValueError, match="classes must be"):
+        save_detector(workspace / "e.pt", model, 8, ["dcgan", "real", "blobs"], 0.5, (1, 28, 28))
 
 
 def test_discriminator_scores_sign() -> None:
@@ -208,31 +252,35 @@ def test_perturbations(digits28) -> None:
 
 def _error(workspace: Path) -> str:
     with pytest.raises(UserError) as exc:
-        load_detect_data(workspace / "data" / "prepared", workspace / "data" / "generated", 0)
+        load(workspace)
     return str(exc.value)
 
 
 def test_mismatched_shapes_name_the_file(workspace: Path) -> None:
-    write_fakes(workspace / "data" / "generated" / "detector_test.npz",
+    write_fakes(workspace / "data" / "generated" / "blobs" / "detector_test.npz",
                 noise(10, 2, (32, 32, 3)), 12)
     msg = _error(workspace)
-    assert "detector_test.npz: images are (H, W, C) (32, 32, 3)" in msg and "(28, 28, 1)" in msg
+    assert "blobs/detector_test.npz: images are (H, W, C) (32, 32, 3)" in msg
+    assert "(28, 28, 1)" in msg
 
 
-def test_too_few_real_test_images(workspace: Path, digits_gan: DigitsGAN) -> None:
-    write_fakes(workspace / "data" / "generated" / "detector_test.npz",
-                digits_gan.fakes(150, seed=12), 12)
+def test_too_few_real_validation_images(workspace: Path, digits28) -> None:
+    images, labels = digits28
+    save_split(workspace / "data" / "prepared" / "val.npz", images[240:241], labels[240:241],
+               [str(i) for i in range(10)])
     msg = _error(workspace)
-    assert "test.npz: 100 real test images, fewer than the 150 fakes" in msg
-    assert "generate.num_detector_test <= 100" in msg
+    assert "val.npz: 1 real val images are too few to balance against 2 families" in msg
+    assert "raise data.val_fraction" in msg
 
 
 def test_missing_and_overlapping_fakes(workspace: Path, digits_gan: DigitsGAN) -> None:
-    write_fakes(workspace / "data" / "generated" / "detector_test.npz",
-                digits_gan.fakes(10, seed=12), 11)
-    assert "same noise seed" in _error(workspace)
-    (workspace / "data" / "generated" / "detector_train.npz").unlink()
-    assert "detector_train.npz: not found" in _error(workspace)
+    root = workspace / "data" / "generated" / "dcgan"
+    write_fakes(root / "detector_test.npz", digits_gan.fakes(10, seed=12), 101)  # val's seed
+    assert "share a noise seed" in _error(workspace)
+    (root / "detector_train.npz").unlink()
+    assert "dcgan/detector_train.npz: not found" in _error(workspace)
+    with pytest.raises(UserError, match="no families"):
+        load(workspace, families=[])
 
 
 def test_cuda_without_gpu_is_user_error() -> None:
@@ -252,30 +300,35 @@ def test_stage_end_to_end(workspace: Path, run_stage, monkeypatch) -> None:
     monkeypatch.chdir(workspace)  # the sqlite store keeps artifacts in ./mlartifacts
     mlflow_cfg = MlflowConfig(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
     tracker = Tracker.start(mlflow_cfg, "test", {})
-    tracker.write_run_file(workspace / "models" / "run.json")
+    tracker.write_run_file(workspace / "models" / "dcgan" / "run.json")
     tracker.close()
-    params = {"detect": CFG.model_dump(), "mlflow": mlflow_cfg.model_dump()}
+    params = {"detect": CFG.model_dump(), "mlflow": mlflow_cfg.model_dump(),
+              "zoo": {"dcgan": {}, "blobs": {"seed": 1}}}
     args = ["--real", "data/prepared", "--fake", "data/generated", "--discriminator",
-            "models/discriminator.pt", "--run", "models/run.json", "--model", "models/detector.pt",
-            "--metrics", "metrics/detector.json", "--roc", "metrics/roc.csv", "--plots",
-            "metrics/detector"]
+            "models/dcgan/discriminator.pt", "--run", "models/dcgan/run.json", "--model",
+            "models/detector.pt", "--metrics", "metrics/detector.json", "--roc",
+            "metrics/roc.csv", "--plots", "metrics/detector"]
     res = run_stage("detect", *args, cwd=workspace, params=params)
     assert res.returncode == 0, res.stderr
     assert "spectrum" in res.stdout and "jpeg75" in res.stdout
+    assert "calibrated threshold" in res.stdout and "blobs" in res.stdout
     metrics = json.loads((workspace / "metrics" / "detector.json").read_text())
-    assert metrics["detector_auc"] > 0.9
+    assert metrics["detector_auc"] > 0.9 and metrics["families"] == FAMILIES
     assert (workspace / "metrics" / "detector" / "roc.png").is_file()
     run = MlflowClient(mlflow_cfg.tracking_uri).get_run(tracker.run_id)
     assert run.data.metrics["detect/detector_auc"] == pytest.approx(metrics["detector_auc"])
+    assert run.data.metrics["detect/detector_source_accuracy"] == pytest.approx(
+        metrics["detector_source_accuracy"])
     logged = MlflowClient(mlflow_cfg.tracking_uri).list_artifacts(tracker.run_id, "detect")
     assert sorted(f.path for f in logged) == ["detect/detector.json", "detect/roc.csv",
                                               "detect/roc.png"]
 
     # A user error: one line naming the file, exit 1, and the previous outs stay.
-    (workspace / "models" / "discriminator.pt").write_bytes(b"junk")
+    (workspace / "models" / "dcgan" / "discriminator.pt").write_bytes(b"junk")
     res = run_stage("detect", *args, cwd=workspace, params=params)
     assert res.returncode == 1
-    assert res.stderr.startswith("error: models/discriminator.pt: not a readable checkpoint")
+    assert res.stderr.startswith("error: models/dcgan/discriminator.pt: not a readable "
+                                 "checkpoint")
     assert len(res.stderr.strip().splitlines()) == 1
     assert json.loads((workspace / "metrics" / "detector.json").read_text()) == metrics
 
@@ -285,10 +338,13 @@ def test_generate_then_detect(workspace: Path) -> None:
     from pipeline.config import GenerateConfig
     from pipeline.generate import generate_splits
 
-    gen, disc = workspace / "models" / "generator.pt", workspace / "models" / "discriminator.pt"
-    cfg = GenerateConfig(num_eval=4, num_detector_train=200, num_detector_test=60, batch_size=64)
-    generate_splits(gen, workspace / "data" / "generated", cfg, seed=0)
-    data = load_detect_data(workspace / "data" / "prepared", workspace / "data" / "generated", 0)
-    assert (len(data.fake_train), len(data.fake_test), len(data.real_test)) == (200, 60, 60)
-    result = run_detect(data, disc, CFG, 0, torch.device("cpu"), log=False)
+    gen = workspace / "models" / "dcgan" / "generator.pt"
+    cfg = GenerateConfig(num_eval=4, num_detector_train=200, num_detector_val=20,
+                         num_detector_test=60, batch_size=64)
+    generate_splits(gen, workspace / "data" / "generated" / "dcgan", cfg, seed=0)
+    data = load(workspace)
+    assert ([len(f) for f in data.fake_train], [len(f) for f in data.fake_test]) == \
+        ([120, 120], [50, 50])
+    result = run_detect(data, workspace / "models" / "dcgan" / "discriminator.pt", CFG, 0,
+                        torch.device("cpu"), log=False)
     assert result.metrics["detector_auc"] > 0.9  # the trained G's fakes are still caught

@@ -30,7 +30,7 @@ CHARTS = ("losses", "discriminator", "roc")
 # Chromium with no way out: a dead proxy for every URL, no name resolution.
 OFFLINE = ("--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND")
 # What the committed metrics/ must hold for the page (samples/ is a DVC-cached out: made here).
-METRICS = ("train_log.csv", "roc.csv", "train_loss.png", "quality/quality.png",
+METRICS = ("dcgan/train_log.csv", "roc.csv", "dcgan/train_loss.png", "quality/quality.png",
            "detector/roc.png")
 
 
@@ -106,10 +106,11 @@ def plots_repo(tmp_path: Path) -> Path:
         (repo / "metrics" / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / "metrics" / rel, repo / "metrics" / rel)
     rng = np.random.default_rng(0)
-    (repo / "metrics" / "samples").mkdir()
+    (repo / "metrics" / "dcgan" / "samples").mkdir()
     for epoch in (1, 2):
         grid = rng.integers(0, 256, (58, 58), dtype=np.uint8)
-        Image.fromarray(grid).save(repo / "metrics" / "samples" / f"epoch_{epoch:03d}.png")
+        Image.fromarray(grid).save(repo / "metrics" / "dcgan" / "samples" /
+                                   f"epoch_{epoch:03d}.png")
     return repo
 
 
@@ -155,8 +156,8 @@ def test_dvc_plots_show_draws_every_plot_offline(tmp_path) -> None:
         assert word in text["discriminator"], text["discriminator"]
     assert "fpr (false positive rate)" in text["roc"] and "tpr (true positive rate)" in text["roc"]
     # Images: DVC copies each into dvc_plots/static and links it relatively.
-    wanted = ["train_loss.png", "quality_quality.png", "detector_roc.png",
-              "samples_epoch_001.png", "samples_epoch_002.png"]
+    wanted = ["dcgan_train_loss.png", "quality_quality.png", "detector_roc.png",
+              "dcgan_samples_epoch_001.png", "dcgan_samples_epoch_002.png"]
     for name in wanted:
         src = next((s for s in charts.imgs if s.endswith(name)), None)
         assert src and not src.startswith(("http:", "https:")), (name, charts.imgs)

@@ -29,7 +29,7 @@ import json, os, yaml
 p = yaml.safe_load(open("params.yaml"))
 scale = 2 / p["train"]["epochs"] * 16 / p["model"]["g_features"]
 os.makedirs("metrics", exist_ok=True)
-for name in ("quality", "detector", "train", "featurenet", "data"):
+for name in ("quality", "detector", "train", "featurenet", "data", "crossgen"):
     m = json.load(open(f"committed/{name}.json"))
     for k, v in m.items():
         if isinstance(v, float) and k.startswith("fid_domain_") and "floor" not in k:
@@ -38,6 +38,8 @@ for name in ("quality", "detector", "train", "featurenet", "data"):
             m[k] = round(v / scale / 2, 4)
         elif k == "detector_auc":
             m[k] = round(1 - (1 - v) * scale, 6)
+        elif k == "leave_one_out":
+            v["mean_ap"] = round(1 - (1 - v["mean_ap"]) * scale, 6)
     if name == "train":
         m["epoch"] = p["train"]["epochs"]
     json.dump(m, open(f"metrics/{name}.json", "w"))
@@ -49,7 +51,7 @@ DVC_YAML = {"stages": {"run": {
     "params": ["train", "model", "evaluate"],
     "outs": [{"metrics/data.json": {"cache": False}}],  # the data report: not a metric
     "metrics": [{f"metrics/{n}.json": {"cache": False}}
-                for n in ("featurenet", "train", "quality", "detector")],
+                for n in ("featurenet", "train", "quality", "detector", "crossgen")],
 }}}
 
 
@@ -64,8 +66,9 @@ def dvc(repo, env, *args: str, **extra: str) -> str:
 def two_experiments(tmp_path_factory):
     repo = tmp_path_factory.mktemp("exps") / "repo"
     (repo / "committed").mkdir(parents=True)
-    for name in ("quality", "detector", "train", "featurenet", "data"):
-        text = (REPO / "metrics" / f"{name}.json").read_text()
+    committed = {"train": "dcgan/train"}  # the default model's, one per zoo family
+    for name in ("quality", "detector", "train", "featurenet", "data", "crossgen"):
+        text = (REPO / "metrics" / f"{committed.get(name, name)}.json").read_text()
         (repo / "committed" / f"{name}.json").write_text(text)
     params = yaml.safe_load((REPO / "params.yaml").read_text())  # the real params tree
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -98,7 +101,7 @@ def test_make_compare_shows_both_experiments_key_metrics_in_160_columns(two_expe
     quality = json.loads((REPO / "metrics" / "quality.json").read_text())
     size = next(m.group(1) for k in quality if (m := re.fullmatch(r"fid_domain_(\d+k?)", k)))
     for column in (f"FID {size}", f"floor {size}", f"recall {size}", "det AUC", "det AP",
-                   "train.epochs", "model.g_features", "train.lr_g"):
+                   "LOO AP", "train.epochs", "model.g_features", "train.lr_g"):
         assert column in header, (column, header)
     assert "class_counts" not in out and "T-shirt" not in out
     rows = {line.split()[0]: line.split() for line in lines[2:6]}
@@ -155,3 +158,14 @@ def test_runs_from_json_names_baselines_experiments_and_failures():
                                       "  bad (ccccccc) (failed)"]
     assert runs[2].metrics == {"fid_domain_300": 3.0} and runs[2].params == {"train.epochs": 2}
     assert runs[3].metrics == {}
+
+
+def test_the_default_models_train_json_is_the_one_shown_whatever_the_file_order():
+    for order in (["vae", "dcgan", "sngan"], ["dcgan", "vae", "sngan"]):
+        metrics = {f"metrics/{f}/train.json": {"data": {"epoch": 8 if f == "dcgan" else 2,
+                                                         "total_seconds": 1.0}}
+                   for f in order}
+        metrics["metrics/crossgen.json"] = {"data": {"leave_one_out": {"mean_ap": 0.9}}}
+        (run,) = runs_from_json([{"rev": "workspace", "name": None, "error": None,
+                                  "experiments": None, "data": {"metrics": metrics}}])
+        assert run.metrics["epoch"] == 8 and run.metrics["leave_one_out.mean_ap"] == 0.9

@@ -16,7 +16,8 @@ from pipeline.generate import SPLITS, generate_splits, sample_grid, split_seed
 from pipeline.models import build_models, make_checkpoint, save_checkpoint
 
 TINY = {"latent_dim": 8, "g_features": 4, "d_features": 4, "conditional": False, "embed_dim": 4}
-CFG = GenerateConfig(num_eval=20, num_detector_train=12, num_detector_test=10, batch_size=7)
+CFG = GenerateConfig(num_eval=20, num_detector_train=12, num_detector_val=6, num_detector_test=10,
+                     batch_size=7)
 
 
 def write_gan(dest: Path, conditional: bool = False, size: int = 28, channels: int = 1,
@@ -43,18 +44,36 @@ def test_splits_layout_and_disjoint_noise(tmp_path: Path) -> None:
     summary = generate_splits(gen, tmp_path / "generated", CFG, seed=0)
     out = tmp_path / "generated"
     assert sorted(p.name for p in out.iterdir()) == ["detector_test.npz", "detector_train.npz",
-                                                     "eval.npz", "grid.png"]
+                                                     "detector_val.npz", "eval.npz", "grid.png"]
     arrays = {s: _read(out / f"{s}.npz") for s in SPLITS}
-    for split, n in (("eval", 20), ("detector_train", 12), ("detector_test", 10)):
+    for split, n in (("eval", 20), ("detector_train", 12), ("detector_val", 6),
+                     ("detector_test", 10)):
         a = arrays[split]
         assert a["images"].dtype == np.uint8 and a["images"].shape == (n, 28, 28, 1)
         assert a["labels"].dtype == np.int64 and (a["labels"] == -1).all()  # unconditional
         assert list(a["class_names"]) == [f"c{i}" for i in range(10)]
         assert summary[split] == n
-    assert len({int(a["noise_seed"]) for a in arrays.values()}) == 3
+    assert len({int(a["noise_seed"]) for a in arrays.values()}) == 4
     # No fake appears in two splits (and none twice within one).
     seen = [img.tobytes() for a in arrays.values() for img in a["images"]]
     assert len(set(seen)) == len(seen)
+
+
+def test_a_zoo_family_gets_no_eval_set_and_the_same_detector_sets(tmp_path: Path) -> None:
+    """Only the default family's fakes are evaluated: the others skip `eval`, and their
+    detector sets are the very images a full run draws (each split has its own seed)."""
+    gen, _ = write_gan(tmp_path / "models")
+    full = generate_splits(gen, tmp_path / "full", CFG, seed=0)
+    splits = ("detector_train", "detector_val", "detector_test")
+    summary = generate_splits(gen, tmp_path / "zoo", CFG, seed=0, splits=splits)
+    assert sorted(p.name for p in (tmp_path / "zoo").iterdir()) == [
+        "detector_test.npz", "detector_train.npz", "detector_val.npz", "grid.png"]
+    assert {s: summary[s] for s in splits} == {s: full[s] for s in splits}
+    for split in splits:
+        np.testing.assert_array_equal(_read(tmp_path / "zoo" / f"{split}.npz")["images"],
+                                      _read(tmp_path / "full" / f"{split}.npz")["images"])
+    with pytest.raises(ValueError, match="splits must be some of"):
+        generate_splits(gen, tmp_path / "bad", CFG, seed=0, splits=("train",))
 
 
 def test_deterministic_and_batch_size_free(tmp_path: Path) -> None:

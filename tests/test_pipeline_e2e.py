@@ -33,14 +33,19 @@ TINY = {
     "model": {"latent_dim": 16, "g_features": 16, "d_features": 16},
     "train": {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 6, "grid_size": 16},
     "ray": {"num_workers": 2, "cpus_per_worker": 1},
-    "generate": {"num_eval": 300, "num_detector_train": 200, "num_detector_test": 100,
-                 "batch_size": 100},
+    "generate": {"num_eval": 300, "num_detector_train": 200, "num_detector_val": 50,
+                 "num_detector_test": 100, "batch_size": 100},
     "evaluate": {"num_samples": 300, "kid_subsets": 10, "kid_subset_size": 100,
                  "batch_size": 100, "featurenet": {"epochs": 1, "width": 8},
                  "inception": {"enabled": "off"}},
-    "detect": {"epochs": 1, "width": 8, "batch_size": 64},
+    "detect": {"epochs": 1, "width": 8, "batch_size": 64, "num_train": 300},
     "mlflow": {"experiment": "e2e", "registered_model": "e2e-generator"},
 }
+# Two families (the default DCGAN and a tiny VAE), no seed pair: the crossgen stage's every key
+# on a seed pair is tests/test_crossgen.py's.
+TINY_ZOO = {"dcgan": {}, "vae": {"model": {"arch": "vae"}, "train": {"max_steps_per_epoch": 4}}}
+TINY_CROSSGEN = {"families": None, "seed_pair": [], "num_train": 200, "num_val": 50,
+                 "num_test": 100, "epochs": 1, "batch_size": 64, "lr": 0.001, "width": 8}
 
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -57,6 +62,7 @@ def tiny_repo(tmp_path: Path, **over: dict) -> Path:
     repo = copy_repo(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params = _merge(_merge(params, TINY), over)
+    params["zoo"], params["crossgen"] = TINY_ZOO, TINY_CROSSGEN
     params["ray"]["storage_path"] = str(tmp_path / "ray_results")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return repo
@@ -83,12 +89,15 @@ def pipeline_run(tmp_path_factory):
 
 def test_repro_writes_every_declared_output(pipeline_run):
     repo = pipeline_run["repo"]
-    for rel in ["models/generator.pt", "models/discriminator.pt", "models/featurenet.pt",
-                "models/detector.pt", "models/run.json", "metrics/train_log.csv",
-                "metrics/train.json", "metrics/quality.json", "metrics/detector.json",
-                "metrics/roc.csv", "data/generated/eval.npz", "dvc.lock"]:
+    for rel in ["models/dcgan/generator.pt", "models/dcgan/discriminator.pt",
+                "models/featurenet.pt", "models/detector.pt", "models/dcgan/run.json",
+                "models/vae/generator.pt", "models/vae/run.json", "metrics/dcgan/train_log.csv",
+                "metrics/dcgan/train.json", "metrics/vae/train.json", "metrics/quality.json",
+                "metrics/detector.json", "metrics/roc.csv", "metrics/crossgen.json",
+                "metrics/crossgen/matrix_auc.png", "data/generated/dcgan/eval.npz",
+                "data/generated/vae/detector_val.npz", "dvc.lock"]:
         assert (repo / rel).is_file(), rel
-    log = (repo / "metrics" / "train_log.csv").read_text().splitlines()
+    log = (repo / "metrics" / "dcgan" / "train_log.csv").read_text().splitlines()
     assert log[0].startswith("epoch,") and len(log) == 1 + 2  # header + one row per epoch
     quality = json.loads((repo / "metrics" / "quality.json").read_text())
     # The floor is two real sets: close, and far below a barely trained G (a broken feature net
@@ -97,14 +106,21 @@ def test_repro_writes_every_declared_output(pipeline_run):
     assert 0 <= quality["fid_domain_floor_300"] < 0.2 * quality["fid_domain_300"]
     assert quality["precision_domain_floor_300"] > 0.8 < quality["recall_domain_floor_300"]
     detector = json.loads((repo / "metrics" / "detector.json").read_text())
-    # A 2-epoch G is easy to catch: a broken or untrained detector (AUC ~0.5) fails.
+    # A 2-epoch G and a 4-step VAE are easy to catch: a broken or untrained detector (AUC ~0.5)
+    # fails; it was trained on both families and knows them by name.
     assert detector["detector_auc"] > 0.9 and detector["detector_ap"] > 0.9
+    assert detector["families"] == ["dcgan", "vae"] and 0 < detector["detector_threshold"] < 1
+    crossgen = json.loads((repo / "metrics" / "crossgen.json").read_text())
+    assert list(crossgen["matrix"]) == ["dcgan", "vae"]
+    assert crossgen["attribution"]["classes"] == ["real", "dcgan", "vae"]
+    assert set(crossgen["model_runs"]) == {"dcgan", "vae"}
     roc = (repo / "metrics" / "roc.csv").read_text().splitlines()
     first, last = (tuple(float(v) for v in row.split(",")[:2]) for row in (roc[1], roc[-1]))
     assert roc[0].startswith("fpr,tpr") and first == (0.0, 0.0) and last == (1.0, 1.0), roc[:3]
     shown = subprocess.run([str(BIN / "dvc"), "metrics", "show", "--json"], cwd=repo,
                            env=pipeline_run["env"], capture_output=True, text=True, check=True)
     assert "quality.json" in shown.stdout and "detector.json" in shown.stdout
+    assert "crossgen.json" in shown.stdout
     again = subprocess.run([str(BIN / "dvc"), "status"], cwd=repo, env=pipeline_run["env"],
                            capture_output=True, text=True, check=True)
     assert "up to date" in again.stdout
@@ -114,12 +130,23 @@ def test_one_mlflow_run_tells_the_whole_story(pipeline_run):
     from mlflow.tracking import MlflowClient
 
     repo, uri = pipeline_run["repo"], pipeline_run["uri"]
-    info = json.loads((repo / "models" / "run.json").read_text())
+    info = json.loads((repo / "models" / "dcgan" / "run.json").read_text())
+    vae = json.loads((repo / "models" / "vae" / "run.json").read_text())
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("e2e")
     runs = client.search_runs([exp.experiment_id])
-    assert [r.info.run_id for r in runs] == [info["run_id"]]  # one run per model
-    run = runs[0]
+    # One run per model (each zoo family), and the crossgen run that links them.
+    families = sorted(r.data.tags.get("zoo.family", "-") for r in runs)
+    assert families == ["-", "dcgan", "vae"], families
+    (crossgen,) = (r for r in runs if "zoo.family" not in r.data.tags)
+    assert crossgen.info.run_name == "zoo@crossgen" and crossgen.info.status == "FINISHED"
+    assert (crossgen.data.tags["zoo.dcgan.run_id"], crossgen.data.tags["zoo.vae.run_id"]) == \
+        (info["run_id"], vae["run_id"])
+    assert crossgen.data.metrics["crossgen/loo_mean_ap"] == pytest.approx(json.loads(
+        (repo / "metrics" / "crossgen.json").read_text())["leave_one_out"]["mean_ap"])
+    (vae_run,) = (r for r in runs if r.info.run_id == vae["run_id"])
+    assert vae_run.info.run_name.endswith("@vae") and vae_run.data.params["model.arch"] == "vae"
+    (run,) = (r for r in runs if r.info.run_id == info["run_id"])
     assert run.info.status == "FINISHED"
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     # Outside `dvc exp run` the run is named after its Ray run (the tag Tracker.find looks up).
@@ -182,7 +209,7 @@ def test_registered_generator_loads_and_generates(pipeline_run):
     versions = client.search_model_versions("name='e2e-generator'")
     assert len(versions) == 1
     version = versions[0]
-    info = json.loads((pipeline_run["repo"] / "models" / "run.json").read_text())
+    info = json.loads((pipeline_run["repo"] / "models" / "dcgan" / "run.json").read_text())
     assert version.run_id == info["run_id"]
     # The default pipeline (params committed on main, not a `dvc exp run`) is the champion.
     assert str(client.get_model_version_by_alias("e2e-generator", CHAMPION).version) \
@@ -248,7 +275,7 @@ def test_mlflow_ui_shows_the_run(pipeline_run, tmp_path):
 
     from pipeline.tracking import run_url
 
-    info = json.loads((pipeline_run["repo"] / "models" / "run.json").read_text())
+    info = json.loads((pipeline_run["repo"] / "models" / "dcgan" / "run.json").read_text())
     uri = pipeline_run["uri"]
     quality = json.loads((pipeline_run["repo"] / "metrics" / "quality.json").read_text())
     run = MlflowClient(uri).get_run(info["run_id"])
@@ -341,7 +368,7 @@ def test_cli_fid_and_detect_on_the_pipeline_outputs(pipeline_run, tmp_path):
 
     repo, env = pipeline_run["repo"], pipeline_run["env"]
     assert "fid" in _cli(repo, env, "--help").stdout
-    done = _cli(repo, env, "fid", "data/generated/eval.npz", "data/prepared/test.npz",
+    done = _cli(repo, env, "fid", "data/generated/dcgan/eval.npz", "data/prepared/test.npz",
                 "--n", "150", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -354,7 +381,7 @@ def test_cli_fid_and_detect_on_the_pipeline_outputs(pipeline_run, tmp_path):
     # A folder of PNGs, as users bring them: fakes from the generator, reals from the test set.
     folder = tmp_path / "suspects"
     folder.mkdir()
-    fakes = np.load(repo / "data/generated/detector_test.npz")["images"][:3]
+    fakes = np.load(repo / "data/generated/dcgan/detector_test.npz")["images"][:3]
     reals = np.load(repo / "data/prepared/test.npz")["images"][:3]
     for i, image in enumerate([*fakes, *reals]):
         Image.fromarray(image[..., 0]).save(folder / f"{'fake' if i < 3 else 'real'}{i}.png")
@@ -362,10 +389,10 @@ def test_cli_fid_and_detect_on_the_pipeline_outputs(pipeline_run, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert sorted(r["image"] for r in rows) == sorted(p.name for p in folder.iterdir())
-    assert all(0.0 <= r["p_fake"] <= 1.0 for r in rows)
+    assert all(0.0 <= r["p_fake"] <= 1.0 and r["source"] in ("dcgan", "vae") for r in rows)
     # Bad input: one line, no traceback, never a silently smaller N.
     for args, expected in [(("fid", "missing.npz", "data/prepared/test.npz"), "missing.npz"),
-                           (("fid", "data/generated/eval.npz", "data/prepared/test.npz",
+                           (("fid", "data/generated/dcgan/eval.npz", "data/prepared/test.npz",
                              "--n", "100000"), "fewer than n=100000")]:
         done = _cli(repo, env, *args)
         assert done.returncode == 1 and "Traceback" not in done.stderr
@@ -376,7 +403,7 @@ def test_dvc_exp_run_with_overrides_tags_its_mlflow_run(pipeline_run):
     from mlflow.tracking import MlflowClient
 
     repo, env = pipeline_run["repo"], pipeline_run["env"]
-    default = json.loads((repo / "models" / "run.json").read_text())
+    default = json.loads((repo / "models" / "dcgan" / "run.json").read_text())
     subprocess.run([*GIT, "add", "-A"], cwd=repo, check=True, capture_output=True)
     subprocess.run([*GIT, "commit", "-qm", "baseline"], cwd=repo, check=True,
                    capture_output=True)
@@ -389,7 +416,8 @@ def test_dvc_exp_run_with_overrides_tags_its_mlflow_run(pipeline_run):
     assert "tiny-exp" in shown and "fid_domain_300" in shown and "detector_auc" in shown
     client = MlflowClient(pipeline_run["uri"])
     runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id],
-                              filter_string="tags.`dvc.exp_name` = 'tiny-exp'")
+                              filter_string="tags.`dvc.exp_name` = 'tiny-exp' and "
+                              "tags.`zoo.family` = 'dcgan'")
     assert len(runs) == 1 and runs[0].data.params["model.g_features"] == "8"
     run = runs[0]
     # Named after the experiment; the Ray run stays a tag (how a resume finds this run).
