@@ -31,7 +31,7 @@ CHARTS = ("losses", "discriminator", "roc")
 OFFLINE = ("--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND")
 # What the committed metrics/ must hold for the page (samples/ is a DVC-cached out: made here).
 METRICS = ("dcgan/train_log.csv", "roc.csv", "dcgan/train_loss.png", "quality/quality.png",
-           "detector/roc.png")
+           "detector/roc.png", "crossgen/matrix_auc.png", "crossgen/robustness.png")
 
 
 def test_template_is_the_pinned_offline_page() -> None:
@@ -157,7 +157,8 @@ def test_dvc_plots_show_draws_every_plot_offline(tmp_path) -> None:
     assert "fpr (false positive rate)" in text["roc"] and "tpr (true positive rate)" in text["roc"]
     # Images: DVC copies each into dvc_plots/static and links it relatively.
     wanted = ["dcgan_train_loss.png", "quality_quality.png", "detector_roc.png",
-              "dcgan_samples_epoch_001.png", "dcgan_samples_epoch_002.png"]
+              "dcgan_samples_epoch_001.png", "dcgan_samples_epoch_002.png",
+              "crossgen_matrix_auc.png", "crossgen_robustness.png"]
     for name in wanted:
         src = next((s for s in charts.imgs if s.endswith(name)), None)
         assert src and not src.startswith(("http:", "https:")), (name, charts.imgs)
