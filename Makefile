@@ -85,7 +85,8 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check pipeline stages tests benchmarks
 
-# The train stage on a Ray cluster; outputs come back into models/ and metrics/.
+# One zoo family's train stage on a Ray cluster; outputs come back into models/$(FAMILY)/ and
+# metrics/$(FAMILY)/.
 submit: setup
 	$(ENV_RUN) $(VENV)/bin/gan-forensics submit $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) \
 	  --family $(FAMILY)

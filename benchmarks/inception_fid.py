@@ -33,7 +33,7 @@ from pipeline.metrics.features import extract, inception_extractor
 from pipeline.metrics.frechet import fid_from_features
 
 ROOT = Path(__file__).resolve().parents[1]
-FAKE = ROOT / "data" / "generated" / "eval.npz"
+FAKE = ROOT / "data" / "generated" / "dcgan" / "eval.npz"  # the default model's
 
 
 def pick(images: np.ndarray, n: int, seed: int, where: str) -> np.ndarray:
@@ -90,7 +90,7 @@ def _shown(path: Path) -> str:
 
 def _run_name() -> str | None:
     """The train stage's run name, when its train.json is there (the fakes' generator)."""
-    path = ROOT / "metrics" / "train.json"
+    path = ROOT / "metrics" / "dcgan" / "train.json"
     return json.loads(path.read_text()).get("run_name") if path.is_file() else None
 
 

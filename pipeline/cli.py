@@ -3,7 +3,7 @@
     gan-forensics fid A B [--features domain|inception] [--n N] [--floor-ref REAL] [--json]
     gan-forensics detect IMAGE_OR_FOLDER [--model models/detector.pt] [--resize] [--json]
     gan-forensics sample [--generator models/dcgan/generator.pt] [--n 64] [--out samples.png]
-    gan-forensics submit [--address http://HEAD:8265]
+    gan-forensics submit [--address http://HEAD:8265] [--family dcgan]
     gan-forensics run-url
 
 A and B are `.npz` files as the stages write them (`images` uint8 NHWC), image files or image

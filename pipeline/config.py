@@ -351,7 +351,9 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def family_raw(raw: dict[str, Any], name: str) -> dict[str, Any]:
     """The raw params of zoo family `name`: its seed / model / train merged over the top-level
-    ones (before validation, so ARCH_PRESETS see the family's own values)."""
+    ones (before validation, so ARCH_PRESETS see the family's own values). A family of another
+    arch than the top level does not inherit what its arch fixes (`train.loss: hinge` of the
+    default DCGAN is no VAE's loss): those keys take its preset unless it sets them itself."""
     zoo = raw.get("zoo") or {DEFAULT_FAMILY: {}}
     if name not in zoo:
         raise UserError(f"zoo: no family {name!r} (valid: {', '.join(zoo)})")
@@ -361,6 +363,12 @@ def family_raw(raw: dict[str, Any], name: str) -> dict[str, Any]:
         out["seed"] = over["seed"]
     for section in ("model", "train"):
         out[section] = merge(raw.get(section) or {}, over.get(section) or {})
+    arch = (over.get("model") or {}).get("arch")
+    if arch is not None and arch != (raw.get("model") or {}).get("arch", "dcgan"):
+        for key in ARCH_PRESETS.get(arch, {}):
+            section, field = key.split(".")
+            if field not in (over.get(section) or {}):
+                out[section].pop(field, None)
     return out
 
 

@@ -1,11 +1,13 @@
 """MLflow tracking: the only module that talks to MLflow.
 
-One MLflow run per trained model. `train` opens it (`Tracker.start`) and writes its id to
-`models/run.json`; `generate`, `evaluate` and `detect` reopen it (`Tracker.reopen`) and add
-their metrics and artifacts. Everything goes through `MlflowClient` with an explicit run id,
-so the driver and Ray's rank-0 worker can log to the same run without a global "active run".
-What the run page shows (metric names and sections, tags, the description) is decided in
-`pipeline.run_page`; params are logged as YAML (`null`, `true`, `[color, translation]`).
+One MLflow run per trained model. `train@<family>` opens it (`Tracker.start`; a zoo family's is
+named `<name>@<family>`) and writes its id to `models/<family>/run.json`; `generate@<family>`,
+`evaluate` and `detect` reopen it (`Tracker.reopen`) and add their metrics and artifacts. The
+crossgen stage starts a run of its own, `zoo@crossgen`. Everything goes through `MlflowClient`
+with an explicit run id, so the driver and Ray's rank-0 worker can log to the same run without a
+global "active run". What the run page shows (metric names and sections, tags, the description)
+is decided in `pipeline.run_page`; params are logged as YAML (`null`, `true`, `[color,
+translation]`).
 
 The run is named after the DVC experiment inside `dvc exp run` (`$DVC_EXP_NAME`), else after
 the Ray run; the tag `ray.run_name` always holds the Ray run (what `Tracker.find` looks for).

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from pipeline.config import load_params
-from pipeline.errors import run_cli
+from pipeline.errors import UserError, run_cli
 
 
 def main() -> None:
@@ -41,13 +41,16 @@ def main() -> None:
     from pipeline.forensics.crossgen import CrossgenConfig, run_crossgen
     from pipeline.forensics.data import load_crossgen_sets
     from pipeline.forensics.plots import write_plots
+    from pipeline.forensics.summary import crossgen_summary
     from pipeline.io import atomic_dir, write_json
-    from pipeline.run_page import crossgen_summary
 
     params = load_params(args.params)
     cg = params.crossgen
     device = resolve_device(params.detect.device, "detect.device")
     families = params.family_names()
+    if len(families) < 2:
+        raise UserError(f"crossgen.families: needs at least two families to leave one out, got "
+                        f"{families} (add families to params.yaml zoo)")
     start = time.monotonic()
     real, fakes = load_crossgen_sets(args.real, args.fake, families + list(cg.seed_pair), cg,
                                      params.seed)

@@ -1,8 +1,8 @@
 """DVC stage `evaluate`: FID/KID/precision/recall of the generated images, in domain and
 Inception-v3 feature spaces, each beside the real-vs-real floor at the same N.
 
-    python stages/evaluate.py --real data/prepared --fake data/generated/eval.npz \
-        --featurenet models/featurenet.pt --run models/run.json \
+    python stages/evaluate.py --real data/prepared --fake data/generated/dcgan/eval.npz \
+        --featurenet models/featurenet.pt --run models/dcgan/run.json \
         --metrics metrics/quality.json --plots metrics/quality
 
 Files are written first (atomically); then, when --run exists, the metrics and files are added

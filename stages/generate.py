@@ -21,8 +21,10 @@ from pipeline.errors import run_cli
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generator", type=Path, required=True, help="models/generator.pt")
-    parser.add_argument("--run", type=Path, required=True, help="models/run.json (MLflow run)")
+    parser.add_argument("--generator", type=Path, required=True,
+                        help="models/<family>/generator.pt")
+    parser.add_argument("--run", type=Path, required=True,
+                        help="models/<family>/run.json (MLflow run)")
     parser.add_argument("--out", type=Path, required=True, help="directory to write")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--family", default=DEFAULT_FAMILY, help="the zoo family: only the "

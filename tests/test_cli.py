@@ -68,9 +68,10 @@ def ws(digits_gan: DigitsGAN, tmp_path_factory) -> Path:
         blobs = digits_gan.fakes(300, seed=2, trained=False)
         det = train_attributor([reals[:200], fakes[:100], blobs[:100]],
                                TrainSpec(epochs=4, batch_size=32, lr=2e-3, width=8))
-        threshold = calibrate_threshold(np.r_[np.zeros(100), np.ones(100)], np.r_[
-            predict(det, images[1700:1797][:100]), predict(det, np.r_[fakes[100:150],
-                                                                      blobs[100:150]])])
+        held_real, held_fake = images[1700:1797], np.r_[fakes[100:150], blobs[100:150]]
+        threshold = calibrate_threshold(
+            np.r_[np.zeros(len(held_real)), np.ones(len(held_fake))],
+            np.r_[predict(det, held_real), predict(det, held_fake)])
         save_detector(root / "models/detector.pt", det, 8, ["real", "dcgan", "blobs"],
                       threshold, (1, 28, 28))
         net, _ = train_featurenet((images[400:1300], labels[400:1300]),

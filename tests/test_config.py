@@ -127,3 +127,19 @@ def test_repo_zoo_is_what_the_pipeline_trains():
     assert archs[a] == archs[b] == "dcgan"
     gpu = load_params(REPO / "params-gpu.yaml")
     assert list(gpu.zoo) == list(params.zoo) and gpu.crossgen.seed_pair == [a, b]
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("train", "loss", "hinge"), ("train", "r1_gamma", 1.0), ("train", "diffaugment", ["color"]),
+    ("train", "n_critic", 2), ("model", "d_norm", "spectral"), ("model", "conditional", True)])
+def test_a_default_model_variant_leaves_the_other_archs_of_the_repo_zoo_valid(section, key,
+                                                                             value):
+    """`dvc exp run -S train.loss=hinge` (a DCGAN variant) must not make the repo's VAE,
+    WGAN-GP or SN-GAN invalid: what their arch fixes is theirs, not inherited."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw[section] = {**raw[section], key: value}
+    parse_params(raw)  # every family validates
+    assert getattr(getattr(parse_params(raw, family="dcgan-seed1"), section), key) == value
+    vae, wgan = parse_params(raw, family="vae"), parse_params(raw, family="wgan-gp")
+    assert (vae.train.loss, vae.train.r1_gamma, vae.model.conditional) == ("elbo", 0.0, False)
+    assert (wgan.train.loss, wgan.model.d_norm, wgan.train.n_critic) == ("wgan-gp", "layer", 2)

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from scipy.ndimage import gaussian_filter
 from sklearn.metrics import roc_auc_score
 
@@ -356,12 +357,18 @@ def test_crossgen_stage_end_to_end(tmp_path, run_stage, monkeypatch):
     result = json.loads((tmp_path / "metrics" / "crossgen.json").read_text())
     assert set(result) == {"matrix", "leave_one_out", "attribution", "robustness", "sizes",
                            "params", "model_runs", "seconds"}
-    families = ["dcgan", "checker", "blur-noise"]  # the zoo minus the seed pair
+    zoo = list(yaml.safe_load((tmp_path / "params.yaml").read_text())["zoo"])  # file order
+    families = [f for f in zoo if not f.startswith("fp-")]  # the zoo minus the seed pair
+    assert sorted(families) == ["blur-noise", "checker", "dcgan"]
     assert list(result["matrix"]) == families
     assert set(result["leave_one_out"]["per_family"]) == set(families)
     pair = result["attribution"]["seed_pair"]
     assert pair["classes"] == ["real", "fp-s1", "fp-s2"]
     assert pair["fake_accuracy"] > 0.9  # a fixed pattern per seed: far above chance (0.5)
+    confusion = np.array(pair["confusion"])
+    assert pair["fake_accuracy"] == pytest.approx(
+        (confusion[1, 1] + confusion[2, 2]) / confusion[1:].sum())  # called real: wrong
+    assert pair["seed_accuracy_given_fake"] >= pair["fake_accuracy"]
     assert sorted(result["model_runs"]) == sorted(makers)
     assert sorted(p.name for p in (tmp_path / "metrics" / "crossgen").iterdir()) == [
         "attribution.png", "attribution_seed_pair.png", "matrix_ap.png", "matrix_auc.png",
@@ -389,6 +396,5 @@ def test_crossgen_stage_end_to_end(tmp_path, run_stage, monkeypatch):
     params["crossgen"]["families"] = ["dcgan", "stylegan"]
     bad = run_stage("crossgen", *args, cwd=tmp_path, params=params)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
-    assert "crossgen.families: unknown family 'stylegan' (valid: dcgan, checker, blur-noise, " \
-           "fp-s1, fp-s2)" in bad.stderr
+    assert f"crossgen.families: unknown family 'stylegan' (valid: {', '.join(zoo)})" in bad.stderr
     assert (tmp_path / "metrics" / "crossgen.json").read_bytes() == before

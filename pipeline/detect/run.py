@@ -145,6 +145,9 @@ def load_detect_data(real_dir: str | os.PathLike[str], fake_root: str | os.PathL
         per = min(n_real // k, *(len(fakes[f][split][0]) for f in families))
         if split == "train" and num_train is not None:
             per = min(per, num_train // k)
+        if per == 0 and split == "train" and num_train is not None and num_train < k:
+            raise UserError(f"detect.num_train: {num_train} real images cannot balance {k} "
+                            f"families; set it to at least {k}")
         if per == 0:
             hint = "; raise data.val_fraction" if split == "val" else ""
             raise UserError(f"{real_dir / f'{split}.npz'}: {n_real} real {split} images are too "
@@ -167,10 +170,15 @@ def load_detect_data(real_dir: str | os.PathLike[str], fake_root: str | os.PathL
 
 def _discriminator(path: str | os.PathLike[str], data: DetectData, device: torch.device
                    ) -> tuple[torch.nn.Module | None, bool]:
-    """The default model's D and whether it is conditional; None when it cannot score every
-    test fake (a conditional D, fakes without a class)."""
-    from pipeline.models import load_discriminator
+    """The default model's D and whether it is conditional; None when there is none (a VAE) or
+    it cannot score every test fake (a conditional D, fakes without a class)."""
+    from pipeline.models import GAN_ARCHS, load_checkpoint, load_discriminator
 
+    arch = load_checkpoint(path)["model_config"].get("arch", "dcgan")
+    if arch not in GAN_ARCHS:
+        print(f"note: {path} is a {arch}'s, not a discriminator: no discriminator baseline",
+              flush=True)
+        return None, False
     D, meta = load_discriminator(path, device)
     c, h, w = meta["image_shape"]
     if (h, w, c) != data.real_test.shape[1:]:

@@ -16,7 +16,9 @@ Protocol (what each key of the result means):
 - `attribution`: one classifier over ["real", *families], equal images per class in train and
   test; `confusion[i][j]` counts test images of class i predicted as j. `attribution.seed_pair`
   (when two families that differ only in their seed are given): the same over ["real", a, b],
-  plus `fake_accuracy`, the share of their test fakes given to the right seed (chance 0.5).
+  plus `fake_accuracy`, the share of the pair's test fakes given to the right seed (a fake
+  called real counts as wrong), and `seed_accuracy_given_fake`, the same among the fakes it
+  gave to either seed (chance 0.5): does it tell the seeds apart once it calls an image fake.
 - `robustness`: a detector (given, else trained on real vs all families with
   `config.robustness_aug_prob`) scored on real test vs all families' test fakes, both perturbed
   alike, per JPEG quality, blur sigma and down-up scale.
@@ -147,8 +149,10 @@ def _seed_attribution(real: Split, pair: dict[str, Split], spec: TrainSpec, seed
                       device: torch.device | str) -> dict[str, Any]:
     """Attribution over ["real", a, b] for two same-recipe families a, b of other seeds."""
     out = _attribution(real, pair, spec, seed, device)
-    confusion = np.array(out["confusion"])
-    out["fake_accuracy"] = float(np.trace(confusion[1:, 1:]) / confusion[1:, 1:].sum())
+    fakes = np.array(out["confusion"])[1:]  # rows: the pair's test fakes
+    right = float(np.trace(fakes[:, 1:]))
+    out["fake_accuracy"] = right / fakes.sum()
+    out["seed_accuracy_given_fake"] = right / fakes[:, 1:].sum() if fakes[:, 1:].sum() else None
     return out
 
 
