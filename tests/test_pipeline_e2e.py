@@ -163,7 +163,8 @@ def test_one_mlflow_run_tells_the_whole_story(pipeline_run):
     assert {k.split("/")[0] for k in metrics} == {"curves", "detect", "quality", "train"}
     assert len(metrics) <= 22, sorted(metrics)
     assert not [k for k in metrics if re.search(r"/(n|num)_|subset_size|_std$", k)], metrics
-    assert tags["quality.n_domain"] == "300" and tags["detect.n_test_fake"] == "100"
+    # detect: 100 test fakes of each of the two families, as many real test images.
+    assert tags["quality.n_domain"] == "300" and tags["detect.n_test_fake"] == "200"
     assert tags["generate.n_eval"] == "300"
     # What MLflow shows is what the metrics files say.
     quality = json.loads((repo / "metrics" / "quality.json").read_text())
