@@ -207,16 +207,17 @@ def train_spec(cfg: DetectConfig, seed: int) -> TrainSpec:
                      aug_prob=cfg.aug_prob, seed=seed)
 
 
-def _per_family(model: SourceDetector, data: DetectData, cfg: DetectConfig,
-                device: torch.device) -> tuple[dict[str, dict[str, float]], float]:
-    """({family: {auc, ap}} on real test vs that family's test fakes, source accuracy)."""
-    real_scores = predict(model, data.real_test, cfg.batch_size, device)
+def _per_family(model: SourceDetector, data: DetectData, real_scores: np.ndarray,
+                fake_scores: np.ndarray, cfg: DetectConfig, device: torch.device
+                ) -> tuple[dict[str, dict[str, float]], float]:
+    """({family: {auc, ap}} on real test vs that family's test fakes, source accuracy), from
+    the clean P(fake) of the real and of all test fakes (in `data.families` order)."""
     per: dict[str, dict[str, float]] = {}
-    hits = 0
+    hits, start = 0, 0
     for k, (name, fakes) in enumerate(zip(data.families, data.fake_test, strict=True), start=1):
-        fake_scores = predict(model, fakes, cfg.batch_size, device)
+        family_scores, start = fake_scores[start:start + len(fakes)], start + len(fakes)
         s = summarize(_labels(len(fakes), len(fakes)),
-                      np.r_[real_scores[:len(fakes)], fake_scores], f"detector on {name}",
+                      np.r_[real_scores[:len(fakes)], family_scores], f"detector on {name}",
                       threshold=None)
         per[name] = {"auc": round(s["auc"], 6), "ap": round(s["ap"], 6)}
         probs = class_probs(model, fakes, cfg.batch_size, device)
@@ -270,7 +271,7 @@ def run_detect(data: DetectData, discriminator_path: str | os.PathLike[str], cfg
             metrics[f"{name}_auc_{tag}"] = _auc(real_s, fake_s, f"{name} scores ({tag})")
         metrics[f"detector_auc_{tag}_fakes_only"] = _auc(
             clean["detector"][0], perturbed["detector"][1], f"detector scores ({tag})")
-    per_family, source_accuracy = _per_family(model, data, cfg, device)
+    per_family, source_accuracy = _per_family(model, data, *clean["detector"], cfg, device)
     metrics["detector_source_accuracy"] = source_accuracy
     metrics = {k: round(float(v), 6) for k, v in metrics.items()}
     metrics.update(per_family=per_family, families=list(data.families),
