@@ -1,7 +1,7 @@
 """Running the train stage on a Ray cluster: shared storage, job submission, outputs back.
 
 `gan-forensics submit` (what `make submit` runs) does, from the user's machine:
-  1. copy `data/prepared/train.npz` to `<ray.storage_path>/inputs/` (DVC-tracked data is
+  1. copy `data/prepared/{train,val}.npz` to `<ray.storage_path>/inputs/` (DVC-tracked data is
      gitignored, so `ray job submit` would never upload it),
   2. submit `python stages/train.py --family F ...` as a Ray job with this repo as its working
      dir,
@@ -138,8 +138,13 @@ def submit_train(address: str, storage_path: str, data: Path, tracking_uri: str,
         )
     if not data.is_file():
         raise UserError(f"{data}: not found; run `dvc repro prepare` first")
-    remote_data = f"{storage}/inputs/train-{sha256_file(data)[:16]}.npz"
+    # The training split and, beside it, val.npz (what a `train.split: val` family learns
+    # from; pipeline.train.data.split_path), under a directory named by the data's hash.
+    remote_dir = f"{storage}/inputs/{sha256_file(data)[:16]}"
+    remote_data = f"{remote_dir}/train.npz"
     copy_file(str(data.resolve()), remote_data)
+    if (data.parent / "val.npz").is_file():
+        copy_file(str((data.parent / "val.npz").resolve()), f"{remote_dir}/val.npz")
     job = f"gan-train-{uuid.uuid4().hex[:8]}"
     export = f"{storage}/exports/{job}"
     entrypoint = (f"python stages/train.py --family {family} --data {remote_data} "

@@ -72,6 +72,17 @@ class ModelConfig(Section):
     d_norm: Literal["batch", "spectral", "layer", "none"] = "batch"
 
 
+class DpConfig(Section):
+    """DP-SGD of the discriminator (Opacus, pipeline/privacy/dp.py): Poisson-sampled real
+    batches, per-sample gradients clipped to `max_grad_norm`, Gaussian noise calibrated so the
+    run's planned epochs end at (`epsilon`, `delta`) under the RDP accountant."""
+
+    enabled: bool = False
+    epsilon: float = Field(10.0, gt=0)  # target epsilon at the end of train.epochs
+    delta: float = Field(1.0e-5, gt=0, lt=1)  # target delta (well below 1 / training images)
+    max_grad_norm: float = Field(1.0, gt=0)  # clipping bound C of each sample's D gradient
+
+
 class TrainConfig(Section):
     epochs: int = Field(5, gt=0)
     batch_size: int = Field(128, gt=0)  # GLOBAL batch, split evenly across Ray workers
@@ -96,6 +107,13 @@ class TrainConfig(Section):
     # Exponential moving average of G's weights (Yazici et al. 2019); 0 = off. When on, the
     # EMA generator (BatchNorm statistics recomputed) is the one exported, sampled, evaluated.
     ema_decay: float = Field(0.0, ge=0, lt=1)
+    # What G learns from: the prepared `train` split, or `val` (disjoint from train and test:
+    # the privacy audit's reference model, pipeline/privacy). num_images: the first n of a
+    # seeded permutation of it (the audit's size sweep); null = all of it.
+    split: Literal["train", "val"] = "train"
+    num_images: int | None = Field(None, gt=0)
+    # Differentially private D (DpConfig); off = the plain, non-private training above.
+    dp: DpConfig = DpConfig()
 
 
 # What each forger family (`model.arch`) fixes: key -> (the family's value, the values it
@@ -251,6 +269,33 @@ class CrossgenConfig(Section):
         return value
 
 
+class PrivacyConfig(Section):
+    """The audit stage (pipeline/privacy): membership inference against trained zoo families,
+    and TSTR usefulness of conditional ones."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Zoo families attacked; each learns from the train split (members = its training images).
+    families: list[str] = [DEFAULT_FAMILY]
+    # A zoo family trained on disjoint real data (train.split: val) that calibrates each attack
+    # (GAN-Leaks): score(target) - score(reference). null = uncalibrated attacks only.
+    reference: str | None = None
+    num_members: int = Field(1000, ge=2)  # members, and as many non-members (test images)
+    num_generated: int = Field(10000, gt=0)  # samples of each G the distance attacks search
+    bootstrap: int = Field(1000, ge=10)  # rounds of the AUC's 95 % interval
+    # Memorisation view: each generated sample's nearest training vs nearest test image, both
+    # pools cut to this many images (equal sizes: a bigger pool is closer by chance alone).
+    pool_size: int = Field(10000, gt=0)
+    grid_rows: int = Field(8, gt=0)  # generated samples closest to a training image, shown
+    # TSTR: conditional zoo families whose samples train a classifier tested on real test
+    # images, beside the same classifier trained on as many real images (TRTR).
+    tstr: list[str] = []
+    tstr_num_train: int = Field(10000, gt=0)
+    tstr_epochs: int = Field(3, gt=0)
+    tstr_batch_size: int = Field(128, gt=0)
+    tstr_lr: float = Field(1e-3, gt=0)
+    tstr_width: int = Field(32, gt=0)
+
+
 class FamilyConfig(Section):
     """One forger family of the zoo: what differs from the top-level seed / model / train.
     The merged sections are validated as the top-level ones are (ARCH_PRESETS included)."""
@@ -280,6 +325,7 @@ class Params(Section):
     # The forger zoo: family name -> FamilyConfig; `dvc repro train@<name>` trains one.
     zoo: dict[str, FamilyConfig] = {DEFAULT_FAMILY: FamilyConfig()}
     crossgen: CrossgenConfig = CrossgenConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     def family_names(self) -> list[str]:
         """The matrix / leave-one-out / attribution families (crossgen.families resolved)."""
@@ -314,12 +360,18 @@ class Params(Section):
                 f"({workers}), got {self.train.batch_size}"
             )
         self._check_zoo()
+        self._check_dp()
         if self.evaluate.kid_subset_size > self.evaluate.num_samples:
             raise ValueError(
                 f"evaluate.kid_subset_size: must be <= evaluate.num_samples "
                 f"({self.evaluate.num_samples}), got {self.evaluate.kid_subset_size}"
             )
         return self
+
+    def _check_dp(self) -> None:
+        problem = dp_conflict(self.model, self.train, self.ray.num_workers)
+        if problem:
+            raise ValueError(problem)
 
     def _check_zoo(self) -> None:
         for name in self.zoo:
@@ -333,11 +385,46 @@ class Params(Section):
             raise ValueError(f"zoo.{DEFAULT_FAMILY}: must be {{}}: it is the default model; "
                              "change the top-level seed/model/train instead")
         valid = ", ".join(self.zoo)
+        privacy = self.privacy
         for key, names in (("crossgen.families", self.crossgen.families or []),
-                           ("crossgen.seed_pair", self.crossgen.seed_pair)):
+                           ("crossgen.seed_pair", self.crossgen.seed_pair),
+                           ("privacy.families", privacy.families),
+                           ("privacy.reference", [privacy.reference] if privacy.reference
+                            else []),
+                           ("privacy.tstr", privacy.tstr)):
             for name in names:
                 if name not in self.zoo:
                     raise ValueError(f"{key}: unknown family {name!r} (valid: {valid})")
+
+
+def dp_conflict(model: ModelConfig, train: TrainConfig, num_workers: int | str) -> str | None:
+    """Why `train.dp.enabled` cannot train this model, as one `key: problem` line (None: it
+    can, or DP is off). The worker loop checks configs built in code with it too."""
+    if not train.dp.enabled:
+        return None
+    if model.arch == "vae":
+        return ("model.arch: vae has no discriminator for train.dp to make private; use a GAN "
+                "arch (dcgan) or set train.dp.enabled: false")
+    if model.d_norm == "batch":
+        return ("model.d_norm: batch cannot be trained with train.dp: BatchNorm mixes the "
+                "samples of a batch, so per-sample gradients are undefined; use layer or none")
+    if model.d_norm == "spectral":
+        return ("model.d_norm: spectral cannot be trained with train.dp: Opacus has no "
+                "per-sample gradients through spectral norm's power iteration; use layer or none "
+                "(model.arch dcgan)")
+    if train.loss == "wgan-gp" or train.r1_gamma > 0:
+        key, value = ("train.loss", "wgan-gp") if train.loss == "wgan-gp" else (
+            "train.r1_gamma", train.r1_gamma)
+        return (f"{key}: {value} cannot be trained with train.dp: its gradient penalty needs a "
+                "double backward, which Opacus' per-sample gradient hooks do not support")
+    if train.channels_last:
+        return ("train.channels_last: must be false with train.dp: Opacus' per-sample conv "
+                "gradients are wrong on channels_last tensors (measured, opacus 1.6)")
+    if num_workers != "auto" and num_workers != 1:
+        return (f"ray.num_workers: must be 1 with train.dp, got {num_workers}: Poisson "
+                "sampling and the privacy accountant are per process, and DDP across workers "
+                "would need one shared sampler and one accountant (not implemented)")
+    return None
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -443,11 +530,33 @@ def parse_params(raw: Any, source: str = PARAMS_FILE, family: str | None = None)
         if a != b or families[pair[0]].seed == families[pair[1]].seed:
             raise UserError(f"{source}: crossgen.seed_pair: {pair[0]} and {pair[1]} must "
                             "differ in their seed and in nothing else (model, train)")
+    _check_privacy(params.privacy, families, source)
     if family is None:
         return params
     if family not in families:
         raise UserError(f"{source}: zoo: no family {family!r} (valid: {', '.join(families)})")
     return families[family]
+
+
+def _check_privacy(cfg: PrivacyConfig, families: dict[str, Params], source: str) -> None:
+    """What the audit needs of the zoo families it names (their merged params)."""
+    for name in cfg.families:
+        if families[name].train.split != "train":
+            raise UserError(f"{source}: privacy.families: {name} learns from the "
+                            f"{families[name].train.split} split; its members must be training "
+                            "images (train.split: train)")
+    ref = cfg.reference
+    if ref is not None:
+        if families[ref].train.split != "val":
+            raise UserError(f"{source}: privacy.reference: {ref} must learn from data disjoint "
+                            "from the members and non-members: set its train.split to val")
+        if ref in cfg.families:
+            raise UserError(f"{source}: privacy.reference: {ref} is also in privacy.families")
+    for name in cfg.tstr:
+        if not families[name].model.conditional:
+            raise UserError(f"{source}: privacy.tstr: {name} is not class-conditional (TSTR "
+                            "trains a classifier on its samples' classes): set its "
+                            "model.conditional: true")
 
 
 def load_params(path: str | os.PathLike[str] = PARAMS_FILE, family: str | None = None

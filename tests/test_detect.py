@@ -348,3 +348,19 @@ def test_generate_then_detect(workspace: Path) -> None:
     result = run_detect(data, workspace / "models" / "dcgan" / "discriminator.pt", CFG, 0,
                         torch.device("cpu"), log=False)
     assert result.metrics["detector_auc"] > 0.9  # the trained G's fakes are still caught
+
+
+def test_a_conditional_discriminator_scores_unlabelled_images_by_its_most_real_class() -> None:
+    """max_y D(x, y): a D whose logit is the class id (plus the image mean) gives the top class's
+    logit for every image, whatever its true class."""
+
+    class ClassLogit(torch.nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return y.float() + x.mean(dim=(1, 2, 3))
+
+    images = noise(5, 0)
+    x_mean = (images.astype(np.float64) / 127.5 - 1).mean(axis=(1, 2, 3))
+    p = discriminator_scores(ClassLogit(), images, None, num_classes=4)
+    assert np.allclose(p, 1 / (1 + np.exp(3 + x_mean)), atol=1e-6)  # sigmoid(-(3 + mean))
+    labelled = discriminator_scores(ClassLogit(), images, np.zeros(5, np.int64))
+    assert np.allclose(labelled, 1 / (1 + np.exp(x_mean)), atol=1e-6)

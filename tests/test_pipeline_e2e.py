@@ -43,9 +43,19 @@ TINY = {
 }
 # Two families (the default DCGAN and a tiny VAE), no seed pair: the crossgen stage's every key
 # on a seed pair is tests/test_crossgen.py's.
-TINY_ZOO = {"dcgan": {}, "vae": {"model": {"arch": "vae"}, "train": {"max_steps_per_epoch": 4}}}
-TINY_CROSSGEN = {"families": None, "seed_pair": [], "num_train": 200, "num_val": 50,
+# A third, `cref`, is the privacy audit's reference (learns from val) and its TSTR model
+# (class-conditional): the audit stage's every path on one extra training.
+TINY_ZOO = {"dcgan": {}, "vae": {"model": {"arch": "vae"}, "train": {"max_steps_per_epoch": 4}},
+            "cref": {"model": {"conditional": True},
+                     "train": {"split": "val", "max_steps_per_epoch": 3}}}
+TINY_CROSSGEN = {"families": ["dcgan", "vae"], "seed_pair": [], "num_train": 200, "num_val": 50,
                  "num_test": 100, "epochs": 1, "batch_size": 64, "lr": 0.001, "width": 8}
+TINY_PRIVACY = {"families": ["dcgan"], "reference": "cref", "tstr": ["cref"],
+                "num_members": 100, "num_generated": 300, "bootstrap": 50, "pool_size": 200,
+                "grid_rows": 3, "tstr_num_train": 600, "tstr_epochs": 3, "tstr_batch_size": 64,
+                "tstr_lr": 0.002, "tstr_width": 8}
+ATTACKS = {f"{a}{c}" for a in ("white_box_d", "black_box_pixel", "black_box_feature")
+           for c in ("", "_calibrated")}
 
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -63,6 +73,7 @@ def tiny_repo(tmp_path: Path, **over: dict) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params = _merge(_merge(params, TINY), over)
     params["zoo"], params["crossgen"] = TINY_ZOO, TINY_CROSSGEN
+    params["privacy"] = {**params["privacy"], **TINY_PRIVACY}
     params["ray"]["storage_path"] = str(tmp_path / "ray_results")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return repo
@@ -109,11 +120,30 @@ def test_repro_writes_every_declared_output(pipeline_run):
     # A 2-epoch G and a 4-step VAE are easy to catch: a broken or untrained detector (AUC ~0.5)
     # fails; it was trained on both families and knows them by name.
     assert detector["detector_auc"] > 0.9 and detector["detector_ap"] > 0.9
-    assert detector["families"] == ["dcgan", "vae"] and 0 < detector["detector_threshold"] < 1
+    assert detector["families"] == ["dcgan", "vae", "cref"]
+    assert 0 < detector["detector_threshold"] < 1
     crossgen = json.loads((repo / "metrics" / "crossgen.json").read_text())
     assert list(crossgen["matrix"]) == ["dcgan", "vae"]
     assert crossgen["attribution"]["classes"] == ["real", "dcgan", "vae"]
-    assert set(crossgen["model_runs"]) == {"dcgan", "vae"}
+    assert set(crossgen["model_runs"]) == {"dcgan", "vae", "cref"}
+    # The audit: every attack with its interval and low-FPR rates, on the N asked for; a
+    # 2-epoch G on 1 000 digits is near chance (a broken score, e.g. members and non-members
+    # swapped or one image scored, lands far outside); TSTR beside TRTR.
+    privacy = json.loads((repo / "metrics" / "privacy.json").read_text())
+    assert privacy["num_members"] == privacy["num_nonmembers"] == 100
+    audit = privacy["families"]["dcgan"]
+    assert set(audit["attacks"]) == ATTACKS
+    for r in audit["attacks"].values():
+        assert r["num_members"] == r["num_nonmembers"] == 100
+        assert r["auc_ci95"][0] <= r["auc"] <= r["auc_ci95"][1] and 0.25 < r["auc"] < 0.75
+        assert 0 <= r["tpr_at_0.1pct_fpr"] <= r["tpr_at_1pct_fpr"] <= 1
+    with np.load(repo / "data" / "prepared" / "train.npz") as prepared:
+        assert audit["num_train_images"] == len(prepared["labels"])  # all of train.npz
+    assert 0.5 < audit["memorisation"]["median_ratio"] < 2
+    assert privacy["tstr"]["families"]["cref"]["tstr_accuracy"] >= 0
+    assert 0.5 < privacy["tstr"]["trtr_accuracy"] <= 1
+    for png in ("roc_dcgan.png", "memorisation_dcgan.png"):
+        assert (repo / "metrics" / "privacy" / png).stat().st_size > 5000
     roc = (repo / "metrics" / "roc.csv").read_text().splitlines()
     first, last = (tuple(float(v) for v in row.split(",")[:2]) for row in (roc[1], roc[-1]))
     assert roc[0].startswith("fpr,tpr") and first == (0.0, 0.0) and last == (1.0, 1.0), roc[:3]
@@ -137,7 +167,7 @@ def test_one_mlflow_run_tells_the_whole_story(pipeline_run):
     runs = client.search_runs([exp.experiment_id])
     # One run per model (each zoo family), and the crossgen run that links them.
     families = sorted(r.data.tags.get("zoo.family", "-") for r in runs)
-    assert families == ["-", "dcgan", "vae"], families
+    assert families == ["-", "cref", "dcgan", "vae"], families
     (crossgen,) = (r for r in runs if "zoo.family" not in r.data.tags)
     assert crossgen.info.run_name == "zoo@crossgen" and crossgen.info.status == "FINISHED"
     assert (crossgen.data.tags["zoo.dcgan.run_id"], crossgen.data.tags["zoo.vae.run_id"]) == \
@@ -160,11 +190,12 @@ def test_one_mlflow_run_tells_the_whole_story(pipeline_run):
     # Per-epoch curves; a few summary metrics; counts and sizes are tags, not metrics.
     history = client.get_metric_history(run.info.run_id, "curves/loss_d")
     assert sorted(m.step for m in history) == [1, 2]
-    assert {k.split("/")[0] for k in metrics} == {"curves", "detect", "quality", "train"}
-    assert len(metrics) <= 22, sorted(metrics)
+    assert {k.split("/")[0] for k in metrics} == {"curves", "detect", "quality", "train",
+                                                  "privacy"}
+    assert len(metrics) <= 25, sorted(metrics)
     assert not [k for k in metrics if re.search(r"/(n|num)_|subset_size|_std$", k)], metrics
     # detect: 100 test fakes of each of the two families, as many real test images.
-    assert tags["quality.n_domain"] == "300" and tags["detect.n_test_fake"] == "200"
+    assert tags["quality.n_domain"] == "300" and tags["detect.n_test_fake"] == "300"
     assert tags["generate.n_eval"] == "300"
     # What MLflow shows is what the metrics files say.
     quality = json.loads((repo / "metrics" / "quality.json").read_text())
@@ -195,6 +226,9 @@ def test_one_mlflow_run_tells_the_whole_story(pipeline_run):
     assert any(p.endswith("quality.json") for p in everything), everything
     assert any(p.endswith("detector.json") for p in everything), everything
     assert any(p.endswith("roc.png") for p in everything), everything
+    assert {"privacy/privacy.json", "privacy/roc_dcgan.png"} <= everything, everything
+    privacy = json.loads((repo / "metrics" / "privacy.json").read_text())
+    assert metrics["privacy/best_auc"] == pytest.approx(privacy["families"]["dcgan"]["best_auc"])
 
 
 def test_registered_generator_loads_and_generates(pipeline_run):

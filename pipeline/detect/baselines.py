@@ -22,17 +22,21 @@ from pipeline.imaging import to_unit_range
 
 @torch.no_grad()
 def discriminator_scores(D: torch.nn.Module, images: np.ndarray, labels: np.ndarray | None = None,
-                         batch_size: int = 256, device: str | torch.device = "cpu"
-                         ) -> np.ndarray:
-    """P(fake) = sigmoid(-D(x)) for uint8 (N, H, W, C) images; `labels` for a conditional D."""
+                         batch_size: int = 256, device: str | torch.device = "cpu",
+                         num_classes: int = 0) -> np.ndarray:
+    """P(fake) = sigmoid(-D(x)) for uint8 (N, H, W, C) images; `labels` for a conditional D.
+    A conditional D without labels (`num_classes` > 0): D's most "real" class, max_y D(x, y)."""
     D = D.to(device).eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = to_unit_range(images[i:i + batch_size], device)  # (B, C, H, W) in [-1, 1]
-        if labels is None:
-            logits = D(x)
-        else:
+        if labels is not None:
             logits = D(x, torch.from_numpy(labels[i:i + batch_size]).long().to(device))
+        elif num_classes:
+            logits = torch.stack([D(x, torch.full((len(x),), y, device=device))
+                                  for y in range(num_classes)]).amax(0)  # (B,)
+        else:
+            logits = D(x)
         out.append(torch.sigmoid(-logits.float()).cpu())
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 

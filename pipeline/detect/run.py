@@ -18,8 +18,9 @@ Protocol (what `metrics/detector.json` means):
 - no image is used twice by construction: real train/val/test come from prepare's disjoint
   splits, each family's fake splits from different noise seeds (checked via each file's
   `noise_seed`), and subsets are drawn without replacement;
-- baselines on the same test images: the default model's discriminator (`discriminator_*`; left
-  out when that D is conditional and some fakes have no class) and the spectrum detector
+- baselines on the same test images: the default model's discriminator (`discriminator_*`; a
+  conditional D scores every image by its most "real" class, on the clean images only) and the
+  spectrum detector
   (`spectrum_*`, fitted on the same training images);
 - robustness (`*_auc_jpeg75`, `*_auc_blur1.0`): the real AND the fake test images go through
   the same transform (`robustness.py`); only `detector_auc_<t>_fakes_only` perturbs the fakes
@@ -62,7 +63,7 @@ FAKE_SPLITS = ("train", "val", "test")  # data/generated/<family>/detector_<spli
 @dataclass
 class DetectData:
     """Balanced, disjoint uint8 (N, H, W, C) image sets; fakes per family, in `families` order,
-    equal counts within a split. Test labels are the classes a conditional D needs (-1 none)."""
+    equal counts within a split. Test labels: each test image's class (-1: a fake without)."""
 
     families: list[str]
     real_train: np.ndarray
@@ -169,27 +170,23 @@ def load_detect_data(real_dir: str | os.PathLike[str], fake_root: str | os.PathL
 
 
 def _discriminator(path: str | os.PathLike[str], data: DetectData, device: torch.device
-                   ) -> tuple[torch.nn.Module | None, bool]:
-    """The default model's D and whether it is conditional; None when there is none (a VAE) or
-    it cannot score every test fake (a conditional D, fakes without a class)."""
+                   ) -> tuple[torch.nn.Module | None, int]:
+    """The default model's D (None when there is none: a VAE) and, when it is conditional,
+    its class count (0 otherwise)."""
     from pipeline.models import GAN_ARCHS, load_checkpoint, load_discriminator
 
     arch = load_checkpoint(path)["model_config"].get("arch", "dcgan")
     if arch not in GAN_ARCHS:
         print(f"note: {path} is a {arch}'s, not a discriminator: no discriminator baseline",
               flush=True)
-        return None, False
+        return None, 0
     D, meta = load_discriminator(path, device)
     c, h, w = meta["image_shape"]
     if (h, w, c) != data.real_test.shape[1:]:
         raise UserError(f"{path}: discriminator expects (H, W, C) {(h, w, c)}, the test images "
                         f"are {data.real_test.shape[1:]}")
     conditional = bool(meta["model_config"].get("conditional")) and meta["num_classes"] > 0
-    if conditional and (data.fake_test_labels < 0).any():
-        print(f"note: {path} is class-conditional and some families' fakes have no class: "
-              "no discriminator baseline", flush=True)
-        return None, conditional
-    return D, conditional
+    return D, int(meta["num_classes"]) if conditional else 0
 
 
 def _auc(real: np.ndarray, fake: np.ndarray, where: str) -> float:
@@ -230,7 +227,7 @@ def run_detect(data: DetectData, discriminator_path: str | os.PathLike[str], cfg
     """Train the shipped detector, calibrate its threshold, score it and both baselines on the
     test sets, perturbed and not."""
     exact_fp32(device)
-    D, conditional = _discriminator(discriminator_path, data, device)  # validate before training
+    D, num_classes = _discriminator(discriminator_path, data, device)  # validate before training
     fake_train, fake_val, fake_test = (np.concatenate(s) for s in
                                        (data.fake_train, data.fake_val, data.fake_test))
     model = train_attributor([data.real_train, *data.fake_train], train_spec(cfg, seed), device,
@@ -240,15 +237,19 @@ def run_detect(data: DetectData, discriminator_path: str | os.PathLike[str], cfg
     threshold = calibrate_threshold(_labels(len(data.real_val), len(fake_val)), val_scores)
     spectrum = SpectrumDetector(seed).fit(data.real_train, fake_train)
 
-    def score_all(real: np.ndarray, fake: np.ndarray) -> dict[str, tuple[np.ndarray, ...]]:
+    def score_all(real: np.ndarray, fake: np.ndarray, perturbed: bool = False
+                  ) -> dict[str, tuple[np.ndarray, ...]]:
         """{detector: (P(fake) of real, P(fake) of fake)}, the same images for each."""
         scores = {"detector": (predict(model, real, cfg.batch_size, device),
                                predict(model, fake, cfg.batch_size, device))}
-        if D is not None:
-            rl, fl = (data.real_test_labels, data.fake_test_labels) if conditional \
-                else (None, None)
-            scores["discriminator"] = (discriminator_scores(D, real, rl, cfg.batch_size, device),
-                                       discriminator_scores(D, fake, fl, cfg.batch_size, device))
+        # A conditional D is asked for its most "real" class of every image, real and fake
+        # alike: the other families' fakes have no class, and the same rule for all keeps the
+        # baseline from reading the true class of only some images. That costs a forward per
+        # class, so a conditional D is scored on the clean test images only.
+        if D is not None and not (perturbed and num_classes):
+            scores["discriminator"] = tuple(
+                discriminator_scores(D, images, None, cfg.batch_size, device, num_classes)
+                for images in (real, fake))
         scores["spectrum"] = (spectrum.predict(real), spectrum.predict(fake))
         return scores
 
@@ -266,7 +267,7 @@ def run_detect(data: DetectData, discriminator_path: str | os.PathLike[str], cfg
     metrics["detector_threshold"] = metrics.pop("detector_calibrated_threshold")
     # Real and fake alike: a platform recompresses every upload, not only the forgeries.
     for tag, transform in perturbations(cfg.jpeg_quality, cfg.blur_sigma).items():
-        perturbed = score_all(transform(data.real_test), transform(fake_test))
+        perturbed = score_all(transform(data.real_test), transform(fake_test), perturbed=True)
         for name, (real_s, fake_s) in perturbed.items():
             metrics[f"{name}_auc_{tag}"] = _auc(real_s, fake_s, f"{name} scores ({tag})")
         metrics[f"detector_auc_{tag}_fakes_only"] = _auc(

@@ -72,6 +72,35 @@ def load_train_arrays(path: str | Path) -> TrainArrays:
                        hashlib.sha256(blob).hexdigest())
 
 
+def split_path(train_npz: str | Path, split: str) -> str:
+    """The prepared `split` file next to `train_npz` (a local path or a storage URI)."""
+    head, _, _ = str(train_npz).rpartition("/")
+    return f"{head}/{split}.npz" if head else f"{split}.npz"
+
+
+def member_indices(n: int, num_images: int | None, seed: int) -> np.ndarray:
+    """Which of the `n` images a run with `train.num_images` learns from: the first
+    `num_images` of a permutation seeded by `seed`, sorted (all of them when None). The privacy
+    audit draws its members from exactly these."""
+    if num_images is None:
+        return np.arange(n)
+    if num_images > n:
+        raise UserError(f"train.num_images: {num_images} is more than the {n} images of the "
+                        "training split")
+    return np.sort(np.random.default_rng(seed).permutation(n)[:num_images])
+
+
+def training_arrays(train_npz: str | Path, split: str, num_images: int | None,
+                    seed: int) -> TrainArrays:
+    """The arrays G learns from: `train.split`'s file, cut to `train.num_images`."""
+    arrays = load_train_arrays(split_path(train_npz, split) if split != "train" else train_npz)
+    keep = member_indices(len(arrays.images), num_images, seed)
+    if len(keep) == len(arrays.images):
+        return arrays
+    return TrainArrays(arrays.images[keep], arrays.labels[keep], arrays.class_names,
+                       arrays.sha256)
+
+
 @dataclass(frozen=True)
 class DeviceArrays:
     """The training set on the training device: images uint8 (N, H, W, C), labels int64 (N,)."""

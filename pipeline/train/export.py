@@ -19,13 +19,15 @@ from pipeline.io import atomic_dir, atomic_path
 from pipeline.models import load_checkpoint, make_checkpoint, save_checkpoint
 from pipeline.provenance import champion_blocker, version_tags
 from pipeline.tracking import CHAMPION, Tracker
-from pipeline.train.loop import LOG_FIELDS, STATE_FILE
+from pipeline.train.loop import LOG_FIELDS, STATE_FILE, log_fields
 
 
 def write_log(rows: list[dict[str, Any]], path: Path) -> None:
-    """The per-epoch CSV (DVC plot), rewritten whole: a resumed run never duplicates epochs."""
+    """The per-epoch CSV (DVC plot), rewritten whole: a resumed run never duplicates epochs.
+    A DP run's has a dp_epsilon column (`loop.log_fields`)."""
+    fields = log_fields(rows[-1]) if rows else LOG_FIELDS
     with atomic_path(path, ".csv") as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 

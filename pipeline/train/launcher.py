@@ -46,7 +46,7 @@ from pipeline.io import write_json
 from pipeline.provenance import run_tags
 from pipeline.run_page import train_summary
 from pipeline.tracking import Tracker, run_url, tracking_uri
-from pipeline.train.data import TrainArrays, load_train_arrays
+from pipeline.train.data import TrainArrays, split_path, training_arrays
 from pipeline.train.export import export, register_generator
 from pipeline.train.identity import run_name
 from pipeline.train.loop import LOG_FIELDS, Hooks, WorkerConfig, train_worker
@@ -170,7 +170,8 @@ def ray_session(params: Params) -> Iterator[str]:
 
 def resolve_workers(params: Params, resources: dict[str, float]) -> int:
     """`ray.num_workers`, with `auto` = one worker per GPU of the cluster (use_gpu), else as
-    many as its CPUs hold at `cpus_per_worker` each. The global batch must split evenly."""
+    many as its CPUs hold at `cpus_per_worker` each. The global batch must split evenly, and a
+    DP run (`train.dp`) must get one worker."""
     rc = params.ray
     if rc.num_workers != "auto":
         workers = int(rc.num_workers)
@@ -181,6 +182,10 @@ def resolve_workers(params: Params, resources: dict[str, float]) -> int:
                             "cluster; set ray.use_gpu: false or connect to a GPU cluster")
     else:
         workers = max(1, int(resources.get("CPU", 1) // rc.cpus_per_worker))
+    if params.train.dp.enabled and workers > 1:  # an int > 1 is refused by the config already
+        raise UserError(f"ray.num_workers: {rc.num_workers} means {workers} workers here, but "
+                        "train.dp trains in one (its Poisson sampling and privacy accountant "
+                        "are per process); set ray.num_workers: 1")
     if params.train.batch_size % workers:
         fit = params.train.batch_size // workers * workers
         raise UserError(f"train.batch_size: {params.train.batch_size} does not split evenly "
@@ -288,7 +293,8 @@ def train(params: Params, data: str | Path, models_dir: Path, metrics_dir: Path,
             and not torch.cuda.is_available():
         raise UserError("ray.use_gpu: true but torch sees no CUDA GPU here; set ray.use_gpu: "
                         "false (CPU profile) or point ray.address at a GPU cluster")
-    arrays = load_train_arrays(data)
+    tc = params.train
+    arrays = training_arrays(data, tc.split, tc.num_images, params.seed)
     storage = storage_root(rc.storage_path, root)
     uri = tracking_uri(params.mlflow)
     start = time.monotonic()
@@ -301,8 +307,8 @@ def train(params: Params, data: str | Path, models_dir: Path, metrics_dir: Path,
                             f"{len(arrays.images)} training images")
         check_cluster(params, storage, uri, workers)
         name = run_name(params, arrays.sha256, workers)
-        tracker = _open_tracker(params, name, storage, arrays, str(data), address, workers,
-                                family)
+        source = str(data) if tc.split == "train" else split_path(data, tc.split)
+        tracker = _open_tracker(params, name, storage, arrays, source, address, workers, family)
         print(f"training run {name} ({workers} workers); MLflow: "
               f"{run_url(tracker.uri, tracker.experiment_id, tracker.run_id)}", flush=True)
         error_file = f"{storage}/{name}.error.txt"
@@ -326,7 +332,9 @@ def train(params: Params, data: str | Path, models_dir: Path, metrics_dir: Path,
                        "total_seconds": round(sum(r["epoch_seconds"] for r in history), 2),
                        "stage_seconds": round(time.monotonic() - start, 2),
                        "mean_images_per_s": sum(r["images_per_s"] for r in history)
-                       / len(history)}
+                       / len(history),
+                       # A DP run's privacy spent and what it was computed from (loop.py).
+                       **{k: v for k, v in last.items() if k.startswith("dp_")}}
             write_json(metrics_dir / "train.json", summary)
             version = (register_generator(tracker, models_dir / "generator.pt", params)
                        if family == DEFAULT_FAMILY else None)
@@ -338,5 +346,7 @@ def train(params: Params, data: str | Path, models_dir: Path, metrics_dir: Path,
     print(f"trained {last['epoch']} epochs in {summary['total_seconds']:.0f} s "
           f"(this run: {summary['stage_seconds']:.0f} s with Ray start-up): loss_d="
           f"{last['loss_d']:.3f} loss_g={last['loss_g']:.3f} "
-          f"{summary['mean_images_per_s']:.0f} img/s", flush=True)
+          f"{summary['mean_images_per_s']:.0f} img/s"
+          + (f" dp_epsilon={summary['dp_epsilon']:.3f}" if "dp_epsilon" in summary else ""),
+          flush=True)
     return summary

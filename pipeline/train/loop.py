@@ -11,6 +11,10 @@ that call `ray.train.report/get_checkpoint`; tests and benchmarks use `LocalHook
 
     hooks = LocalHooks(Path("/tmp/ckpts"))
     train_worker(WorkerConfig(model=..., train=..., seed=0), images, labels, names, hooks)
+
+With `train.dp.enabled`, D trains with DP-SGD (`pipeline.privacy.dp`: Poisson-sampled batches,
+Opacus): every epoch's metrics then carry the privacy spent (`dp_epsilon`, ...) and every
+checkpoint the accountant, so a resumed run continues its accounting.
 """
 
 from __future__ import annotations
@@ -20,17 +24,17 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from pipeline.config import ModelConfig, TrainConfig, resolve_arch
+from pipeline.config import ModelConfig, TrainConfig, dp_conflict, resolve_arch
 from pipeline.errors import UserError
 from pipeline.imaging import save_grid
 from pipeline.models import (
@@ -45,10 +49,14 @@ from pipeline.train.ema import GeneratorEMA
 from pipeline.train.stats import STAT_NAMES, NonFiniteLossError, RunningStats
 from pipeline.train.steps import GanStep, VaeStep
 
+if TYPE_CHECKING:  # Opacus is imported only when DP is on
+    from pipeline.privacy.dp import PrivateDiscriminator
+
 __all__ = ["LOG_FIELDS", "STATE_FILE", "Hooks", "LocalHooks", "NonFiniteLossError",
-           "WorkerConfig", "run_epoch", "train_worker"]
+           "WorkerConfig", "log_fields", "run_epoch", "train_worker"]
 
 LOG_FIELDS = ("epoch", "loss_d", "loss_g", "d_real", "d_fake", "images_per_s", "epoch_seconds")
+DP_LOG_FIELD = "dp_epsilon"  # a DP run's extra column: the privacy spent after each epoch
 STATE_FILE = "state.pt"  # inside a checkpoint directory; `samples/` holds the grids so far
 
 
@@ -106,6 +114,12 @@ class LocalHooks(Hooks):
         yield found[-1] if found else None
 
 
+def log_fields(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """The per-epoch log's columns for a run whose history has `row`: LOG_FIELDS, plus
+    dp_epsilon for a DP run (a non-DP log keeps exactly LOG_FIELDS)."""
+    return (*LOG_FIELDS, DP_LOG_FIELD) if DP_LOG_FIELD in row else LOG_FIELDS
+
+
 def effective_precision(precision: str, device: torch.device) -> str:
     """`precision`, except bf16 on a CUDA GPU without native bf16 (before sm80, e.g. T4/V100):
     torch emulates it there, slower than fp32, so fall back to fp32 with a warning."""
@@ -125,18 +139,19 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
               diffaugment: Sequence[str] = (), ema: GeneratorEMA | None = None,
               max_steps: int | None = None, step: int = 0, check_every: int = 25,
               on_step: Callable[[int, int], None] | None = None, n_critic: int = 1,
-              ) -> tuple[dict[str, float], int]:
+              dp: PrivateDiscriminator | None = None) -> tuple[dict[str, float], int]:
     """One epoch of training; returns (rank-averaged means, global step).
 
     `loss` is `ns`, `hinge` or `wgan-gp` (a GAN step, `steps.GanStep`) or `elbo` (a VAE step:
     G is the decoder, D the encoder); `r1_gamma` > 0 adds the R1 penalty to D's loss;
     `diffaugment` names DiffAugment policies applied before every D forward; `ema`, if given,
     is updated after every G step. A step is one batch: it updates D, and every `n_critic`-th
-    step (the epoch's first included) G too. `loader` yields device batches; `noise` is a
-    generator on `device`. The per-step statistics stay on the device; every `check_every`
-    steps and at the end they are reduced across ranks (`RunningStats`), which raises
-    `NonFiniteLossError` naming the epoch and step of the first NaN/inf loss on any rank, so
-    every rank stops together.
+    step (the epoch's first included) G too; `dp` makes D's updates DP-SGD (`loader` then
+    yields its Poisson batches, `PrivateDiscriminator.epoch_batches`). `loader` yields device
+    batches; `noise` is a generator on `device`. The per-step statistics stay on the device;
+    every `check_every` steps and at the end they are reduced across ranks (`RunningStats`),
+    which raises `NonFiniteLossError` naming the epoch and step of the first NaN/inf loss on
+    any rank, so every rank stops together.
     """
     if loss == "elbo":
         train_step: GanStep | VaeStep = VaeStep(
@@ -145,7 +160,7 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
     else:
         train_step = GanStep(G, D, opt_g, opt_d, loss=loss, latent_dim=latent_dim, noise=noise,
                              device=device, num_classes=num_classes, precision=precision,
-                             r1_gamma=r1_gamma, diffaugment=diffaugment, ema=ema)
+                             r1_gamma=r1_gamma, diffaugment=diffaugment, ema=ema, dp=dp)
     stats = RunningStats(device, check_every)
     steps = 0
     for real, labels in loader:
@@ -176,6 +191,26 @@ def _epoch_noise(cfg: WorkerConfig, epoch: int, rank: int, device: torch.device
         (cfg.seed * 1_000_003 + epoch) * 1024 + rank)
 
 
+def _steps_per_epoch(cfg: WorkerConfig, num_images: int) -> int:
+    """Steps of one epoch: full batches of this rank's shard, capped by max_steps_per_epoch."""
+    steps = num_images // cfg.world_size // (cfg.train.batch_size // cfg.world_size)
+    return min(steps, cfg.train.max_steps_per_epoch or steps)
+
+
+def _make_private(cfg: WorkerConfig, D: nn.Module, opt_d: torch.optim.Optimizer,
+                  num_images: int) -> PrivateDiscriminator:
+    """D's DP-SGD, its noise calibrated for every D step of `cfg.train.epochs` epochs."""
+    problem = dp_conflict(cfg.model, cfg.train, cfg.world_size)  # configs built in code too
+    if problem:
+        raise UserError(problem)
+    from pipeline.privacy.dp import PrivateDiscriminator
+
+    return PrivateDiscriminator(
+        unwrap(D), opt_d, cfg.train.dp, num_images=num_images,
+        batch_size=cfg.train.batch_size,
+        steps=cfg.train.epochs * _steps_per_epoch(cfg, num_images))
+
+
 def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
                  class_names: list[str], hooks: Hooks) -> dict[str, Any]:
     """Train for `cfg.train.epochs` (resuming from `hooks.restore()`); return the last metrics.
@@ -199,6 +234,7 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.train.lr_d, betas=betas)
     # Rank 0 keeps the EMA (every rank's G is the same after DDP's all-reduce).
     ema = GeneratorEMA(unwrap(G), cfg.train.ema_decay) if master and cfg.train.ema_decay else None
+    dp = _make_private(cfg, D, opt_d, len(images)) if cfg.train.dp.enabled else None
 
     start_epoch, step, history = 1, 0, []  # type: int, int, list[dict[str, Any]]
     # Rank 0 keeps every epoch's grid here; each checkpoint carries them all, so a resume (or
@@ -214,6 +250,11 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
             torch.set_rng_state(ckpt["rng_torch"])
             if ema is not None and "generator_ema" in ckpt:
                 ema.load_state_dict(ckpt["generator_ema"])
+            if (dp is None) != ("dp" not in ckpt):
+                raise UserError(f"train.dp.enabled: {dp is not None}, but this run's checkpoint "
+                                "was trained the other way; start a new run")
+            if dp is not None:
+                dp.load_state_dict(ckpt["dp"])
             start_epoch, step, history = ckpt["epoch"] + 1, ckpt["step"], list(ckpt["history"])
             if master:  # the grids of the epochs before the resume
                 shutil.copytree(Path(ckpt_dir) / "samples", samples, dirs_exist_ok=True)
@@ -237,29 +278,35 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
+        batches = (data.batches(list(sampler), local_batch, cfg.train.channels_last)
+                   if dp is None else
+                   dp.epoch_batches(data, epoch, _steps_per_epoch(cfg, len(images))))
         stats, step = run_epoch(
-            G, D, opt_g, opt_d,
-            data.batches(list(sampler), local_batch, cfg.train.channels_last),
+            G, D, opt_g, opt_d, batches,
             epoch=epoch, latent_dim=cfg.model.latent_dim,
             num_classes=num_classes if cfg.model.conditional else 0,
             noise=_epoch_noise(cfg, epoch, rank, device), device=device, precision=precision,
             loss=cfg.train.loss, r1_gamma=cfg.train.r1_gamma, diffaugment=cfg.train.diffaugment,
             ema=ema, max_steps=cfg.train.max_steps_per_epoch, step=step,
-            check_every=cfg.check_every, on_step=hooks.on_step, n_critic=cfg.train.n_critic or 1)
+            check_every=cfg.check_every, on_step=hooks.on_step, n_critic=cfg.train.n_critic or 1,
+            dp=dp)
         seconds = time.perf_counter() - t0
         metrics = {"epoch": epoch, **{k: stats[k] for k in STAT_NAMES},
                    "images_per_s": stats["steps"] * local_batch * world / seconds,
                    "epoch_seconds": seconds, "step": step}
         if cfg.train.loss == "elbo":  # a VAE has no D outputs: empty in the CSV, not in MLflow
             metrics.update(d_real=None, d_fake=None)
+        if dp is not None:  # the privacy spent so far (the accountant spans resumes)
+            metrics.update(dp.metrics())
         history.append(metrics)
         ckpt_dir = None
         if master:
             ckpt_dir = Path(tempfile.mkdtemp(prefix="gan-ckpt-"))
             _save_epoch(cfg, G, D, opt_g, opt_d, ema, ckpt_dir, samples, history, image_shape,
-                        num_classes, class_names, fixed_z, fixed_labels, device, tracker)
+                        num_classes, class_names, fixed_z, fixed_labels, device, tracker, dp)
+            privacy = f" epsilon={metrics['dp_epsilon']:.3f}" if dp is not None else ""
             print(f"epoch {epoch}/{cfg.train.epochs} {_stats_line(cfg.train.loss, metrics)} "
-                  f"{metrics['images_per_s']:.0f} img/s {seconds:.1f} s", flush=True)
+                  f"{metrics['images_per_s']:.0f} img/s {seconds:.1f} s{privacy}", flush=True)
         try:
             hooks.report(metrics, ckpt_dir)
         finally:
@@ -304,9 +351,10 @@ def _save_epoch(cfg: WorkerConfig, G: nn.Module, D: nn.Module, opt_g: torch.opti
                 samples: Path, history: list[dict[str, Any]],
                 image_shape: tuple[int, int, int], num_classes: int, class_names: list[str],
                 fixed_z: torch.Tensor, fixed_labels: torch.Tensor | None, device: torch.device,
-                tracker: Any) -> None:
-    """Rank 0: checkpoint (G, D, EMA, optimizers, RNG) + every sample grid so far into `ckpt_dir`;
-    the epoch's metrics and grid to MLflow. With an EMA, the grid shows the EMA generator."""
+                tracker: Any, dp: PrivateDiscriminator | None = None) -> None:
+    """Rank 0: checkpoint (G, D, EMA, optimizers, RNG, DP accountant) + every sample grid so far
+    into `ckpt_dir`; the epoch's metrics and grid to MLflow. With an EMA, the grid shows the
+    EMA generator."""
     epoch, step = history[-1]["epoch"], history[-1]["step"]
     g = _sample_generator(cfg, G, ema, num_classes, device)
     was_training = g.training
@@ -318,10 +366,13 @@ def _save_epoch(cfg: WorkerConfig, G: nn.Module, D: nn.Module, opt_g: torch.opti
     save_grid(grid, samples / name)
     shutil.copytree(samples, ckpt_dir / "samples")
     extra = {"generator_ema": ema.state_dict()} if ema is not None else {}
+    if dp is not None:
+        extra["dp"] = dp.state_dict()
     save_checkpoint(ckpt_dir / STATE_FILE, make_checkpoint(
         model_config=cfg.model.model_dump(), image_shape=image_shape, num_classes=num_classes,
         class_names=class_names, epoch=epoch, step=step, generator=unwrap(G),
         discriminator=unwrap(D), opt_g=opt_g, opt_d=opt_d, rng_torch=torch.get_rng_state(),
         history=history, **extra))
     if tracker is not None:
-        tracker.log_epoch({k: history[-1][k] for k in LOG_FIELDS[1:]}, epoch, samples / name)
+        row = history[-1]
+        tracker.log_epoch({k: row[k] for k in log_fields(row)[1:]}, epoch, samples / name)

@@ -24,13 +24,21 @@ import torch
 import torch.nn.functional as F
 
 
-def d_loss(kind: str, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+def d_loss_terms(kind: str, logits_real: torch.Tensor, logits_fake: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's loss image by image: float32 terms (B_real,) and (B_fake,) whose means add up to
+    `d_loss` (DP-SGD clips each image's gradient, so it needs them one by one)."""
     real, fake = logits_real.float(), logits_fake.float()
     if kind == "hinge":
-        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+        return F.relu(1 - real), F.relu(1 + fake)
     if kind == "wgan-gp":  # the penalty is added by the caller, as R1 is
-        return fake.mean() - real.mean()
-    return F.softplus(-real).mean() + F.softplus(fake).mean()
+        return -real, fake
+    return F.softplus(-real), F.softplus(fake)
+
+
+def d_loss(kind: str, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    real, fake = d_loss_terms(kind, logits_real, logits_fake)
+    return real.mean() + fake.mean()
 
 
 def g_loss(kind: str, logits_fake: torch.Tensor) -> torch.Tensor:

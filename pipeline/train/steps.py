@@ -7,6 +7,8 @@ models and returns its statistics (4,) on the device, in `stats.STAT_NAMES` orde
 - GAN: D's loss (without R1 / gradient penalty), G's loss, and D's mean output on real and on
   fake images: sigmoid(logit), i.e. D(x) and D(G(z)), for ns and hinge; the raw critic score
   for wgan-gp (so -loss_d = d_real - d_fake is the critic's Wasserstein estimate).
+- DP (`train.dp`, a `PrivateDiscriminator` given): D's loss is over real and fake rows of ONE
+  forward, and D(x) of an empty Poisson batch counts as 0 (pipeline/privacy/dp.py).
 - VAE: loss_d = the KL term, loss_g = the whole negative ELBO (reconstruction + KL), nats per
   image; d_real and d_fake do not exist (0 here; `train_worker` reports them as None).
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -28,12 +30,16 @@ from pipeline.train.augment import diff_augment
 from pipeline.train.ema import GeneratorEMA
 from pipeline.train.objective import (
     d_loss,
+    d_loss_terms,
     g_loss,
     gradient_penalty,
     r1_penalty,
     vae_kl,
     vae_reconstruction,
 )
+
+if TYPE_CHECKING:  # Opacus is imported only when DP is on
+    from pipeline.privacy.dp import PrivateDiscriminator
 
 
 def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager[Any]:
@@ -49,14 +55,17 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
 
 class GanStep:
     """D phase, then (on a G step) G phase. With `n_critic` > 1 the caller makes every
-    n_critic-th batch a G step; the others update D (the critic) alone."""
+    n_critic-th batch a G step; the others update D (the critic) alone. With `dp`, D's phase
+    is DP-SGD (`_private_d_phase`), each step draws `dp.batch_size` fakes whatever the real
+    batch's size, and G's phase sees D frozen (`dp.frozen`)."""
 
     def __init__(self, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
                  opt_d: torch.optim.Optimizer, *, loss: str, latent_dim: int,
                  noise: torch.Generator, device: torch.device, num_classes: int = 0,
                  precision: str = "fp32", r1_gamma: float = 0.0,
-                 diffaugment: Sequence[str] = (), ema: GeneratorEMA | None = None) -> None:
-        self.G, self.D, self.opt_g, self.opt_d = G, D, opt_g, opt_d
+                 diffaugment: Sequence[str] = (), ema: GeneratorEMA | None = None,
+                 dp: PrivateDiscriminator | None = None) -> None:
+        self.G, self.D, self.opt_g, self.opt_d, self.dp = G, D, opt_g, opt_d, dp
         self.loss, self.latent_dim, self.noise, self.device = loss, latent_dim, noise, device
         self.num_classes = num_classes
         self.conditional = num_classes > 0 and getattr(unwrap(G), "num_classes", 0) > 0
@@ -71,7 +80,7 @@ class GanStep:
                  g_step: bool = True) -> torch.Tensor:
         G, D, noise, device, cond = self.G, self.D, self.noise, self.device, self.conditional
         wgan = self.loss == "wgan-gp"
-        b = real.size(0)
+        b = real.size(0) if self.dp is None else self.dp.batch_size  # fakes
         z = torch.randn(b, self.latent_dim, generator=noise, device=device)  # (B, latent)
         # A conditional critic's penalty needs one label per interpolate: fakes take the real
         # batch's labels there; other GANs draw their fakes' labels uniformly.
@@ -82,37 +91,46 @@ class GanStep:
         # (as in the DCGAN paper's code): D's BatchNorm then normalises each batch by its own
         # statistics, in this phase and in (2) alike. One mixed forward lets BatchNorm leak
         # batch-level real/fake information, and G then collapses onto a few modes
-        # (measured: tops only on Fashion-MNIST, recall 0.09).
-        with _autocast(self.precision, device):
-            with torch.set_grad_enabled(g_step):  # a critic-only step needs no graph in G
-                fake = G(z, fake_labels) if cond else G(z)  # (B, C, H, W)
-            real_in = self.augment(real).requires_grad_(self.r1_gamma > 0)
-            logits_real = D(real_in, labels) if cond else D(real_in)  # (B,)
-            detached = self.augment(fake.detach().to(real.dtype))
-            logits_fake = D(detached, fake_labels) if cond else D(detached)  # (B,)
-            loss_d = d_loss(self.loss, logits_real, logits_fake)
-            if wgan:  # the critic's gradient penalty on real-fake interpolates
-                eps = torch.rand(b, 1, 1, 1, generator=noise, device=device, dtype=real.dtype)
-                penalty = gradient_penalty(
-                    (lambda x: D(x, labels)) if cond else D, real_in, detached, eps)
-        total_d = (loss_d + r1_penalty(logits_real, real_in, self.r1_gamma) if self.r1_gamma
-                   else loss_d)
-        if wgan:
-            total_d = total_d + penalty
-        self.opt_d.zero_grad(set_to_none=True)
-        total_d.backward()
-        self.opt_d.step()
+        # (measured: tops only on Fashion-MNIST, recall 0.09). A DP D has no BatchNorm and
+        # takes both in one forward (`_private_d_phase`).
+        # A critic-only step needs no graph in G.
+        with _autocast(self.precision, device), torch.set_grad_enabled(g_step):
+            fake = G(z, fake_labels) if cond else G(z)  # (B, C, H, W)
+        if self.dp is not None:
+            logits_real, logits_fake, loss_d = self._private_d_phase(
+                real, labels, fake.detach().to(real.dtype), fake_labels)
+        else:
+            with _autocast(self.precision, device):
+                real_in = self.augment(real).requires_grad_(self.r1_gamma > 0)
+                logits_real = D(real_in, labels) if cond else D(real_in)  # (B,)
+                detached = self.augment(fake.detach().to(real.dtype))
+                logits_fake = D(detached, fake_labels) if cond else D(detached)  # (B,)
+                loss_d = d_loss(self.loss, logits_real, logits_fake)
+                if wgan:  # the critic's gradient penalty on real-fake interpolates
+                    eps = torch.rand(b, 1, 1, 1, generator=noise, device=device,
+                                     dtype=real.dtype)
+                    penalty = gradient_penalty(
+                        (lambda x: D(x, labels)) if cond else D, real_in, detached, eps)
+            total_d = (loss_d + r1_penalty(logits_real, real_in, self.r1_gamma)
+                       if self.r1_gamma else loss_d)
+            if wgan:
+                total_d = total_d + penalty
+            self.opt_d.zero_grad(set_to_none=True)
+            total_d.backward()
+            self.opt_d.step()
 
         if g_step:
             # (2) Update G: make D call G(z) real. D's grads from this backward are discarded
-            # (zeroed before D's next step): skip their all-reduce.
-            with _no_sync(D), _autocast(self.precision, device):
-                fake_in = self.augment(fake.to(real.dtype))
-                logits_g = D(fake_in, fake_labels) if cond else D(fake_in)  # (B,)
-                loss_g = g_loss(self.loss, logits_g)
-            self.opt_g.zero_grad(set_to_none=True)
-            with _no_sync(D):
-                loss_g.backward()
+            # (zeroed before D's next step): skip their all-reduce. A DP D is frozen instead:
+            # no gradient of its parameters at all, no per-sample gradient left behind.
+            with self.dp.frozen() if self.dp is not None else contextlib.nullcontext():
+                with _no_sync(D), _autocast(self.precision, device):
+                    fake_in = self.augment(fake.to(real.dtype))
+                    logits_g = D(fake_in, fake_labels) if cond else D(fake_in)  # (B,)
+                    loss_g = g_loss(self.loss, logits_g)
+                self.opt_g.zero_grad(set_to_none=True)
+                with _no_sync(D):
+                    loss_g.backward()
             self.opt_g.step()
             if self.ema is not None:
                 self.ema.update(unwrap(G))
@@ -123,9 +141,31 @@ class GanStep:
             if wgan:  # raw critic scores: their difference estimates the Wasserstein distance
                 d_real, d_fake = logits_real.float().mean(), logits_fake.float().mean()
             else:  # D(x), D(G(z))
-                d_real = torch.sigmoid(logits_real.float()).mean()
+                d_real = (torch.sigmoid(logits_real.float()).mean() if logits_real.numel()
+                          else logits_fake.new_zeros((), dtype=torch.float32))
                 d_fake = torch.sigmoid(logits_fake.float()).mean()
             return torch.stack([loss_d.float(), self.loss_g.float(), d_real, d_fake])
+
+    def _private_d_phase(self, real: torch.Tensor, labels: torch.Tensor, fake: torch.Tensor,
+                         fake_labels: torch.Tensor | None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """DP-SGD's D update (pipeline/privacy/dp.py): real (B_real, maybe 0) and fake rows in
+        one forward, D's loss the mean of their per-row terms, so that Opacus' per-sample
+        gradient of a row is that image's alone. Returns D's logits on real and fake and
+        loss_d as `d_loss` defines it (an empty real batch adds 0)."""
+        assert self.dp is not None
+        n_real, cond = real.size(0), self.conditional
+        x = self.augment(torch.cat([real, fake]))  # (B_real + B, C, H, W): per-row transforms
+        with _autocast(self.precision, self.device):
+            if cond and fake_labels is not None:
+                logits = self.D(x, torch.cat([labels, fake_labels]))  # (B_real + B,)
+            else:
+                logits = self.D(x)
+        logits_real, logits_fake = logits[:n_real], logits[n_real:]
+        terms_real, terms_fake = d_loss_terms(self.loss, logits_real, logits_fake)
+        self.dp.step(torch.cat([terms_real, terms_fake]).mean())
+        loss_d = terms_real.detach().sum() / max(n_real, 1) + terms_fake.detach().mean()
+        return logits_real.detach(), logits_fake.detach(), loss_d
 
 
 class VaeStep:

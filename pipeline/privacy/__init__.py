@@ -1,0 +1,1 @@
+"""Privacy: membership-inference audit of trained generators, DP-SGD training, TSTR."""
