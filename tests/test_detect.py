@@ -364,3 +364,21 @@ def test_a_conditional_discriminator_scores_unlabelled_images_by_its_most_real_c
     assert np.allclose(p, 1 / (1 + np.exp(3 + x_mean)), atol=1e-6)  # sigmoid(-(3 + mean))
     labelled = discriminator_scores(ClassLogit(), images, np.zeros(5, np.int64))
     assert np.allclose(labelled, 1 / (1 + np.exp(x_mean)), atol=1e-6)
+
+
+def test_a_conditional_default_model_keeps_its_discriminator_baseline(workspace: Path) -> None:
+    """The default DCGAN is class-conditional while other families' fakes have no class: the
+    baseline still exists (clean images, most-real class), and its perturbed AUCs are left out
+    (a forward per class each) while the spectrum's stay."""
+    from pipeline.models import build_models, make_checkpoint, save_checkpoint
+
+    cfg = {"arch": "dcgan", "latent_dim": 8, "g_features": 8, "d_features": 8,
+           "conditional": True, "embed_dim": 4, "g_upsample": "deconv", "d_norm": "batch"}
+    torch.manual_seed(0)
+    _, D = build_models(cfg, (1, 28, 28), 10)
+    path = workspace / "models" / "dcgan" / "discriminator.pt"
+    save_checkpoint(path, make_checkpoint(model_config=cfg, image_shape=(1, 28, 28),
+                                          num_classes=10, discriminator=D))
+    m = run_detect(load(workspace), path, CFG, 0, torch.device("cpu"), log=False).metrics
+    assert 0.0 <= m["discriminator_auc"] <= 1.0 and "discriminator_eer" in m
+    assert "discriminator_auc_jpeg75" not in m and "spectrum_auc_jpeg75" in m
