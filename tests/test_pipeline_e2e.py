@@ -254,9 +254,13 @@ def test_registered_generator_loads_and_generates(pipeline_run):
     assert any(k.startswith("fid_domain") for k in version.tags), version.tags
     mlflow.set_tracking_uri(uri)
     model = mlflow.pytorch.load_model(champion_uri("e2e-generator"))
+    # The default model is class-conditional: the class id rides in one extra last column
+    # (pipeline/models/serving.py), and it changes the image.
+    z = torch.randn(4, 16)
     with torch.no_grad():
-        images = model(torch.randn(4, 16))
-    assert tuple(images.shape) == (4, 1, 28, 28)
+        images = model(torch.cat([z, torch.tensor([[0.0], [3.0], [7.0], [9.0]])], dim=1))
+        other = model(torch.cat([z, torch.tensor([[1.0], [4.0], [8.0], [2.0]])], dim=1))
+    assert tuple(images.shape) == (4, 1, 28, 28) and not torch.equal(images, other)
     assert float(images.min()) >= -1.0 and float(images.max()) <= 1.0
 
 
@@ -424,7 +428,7 @@ def test_cli_fid_and_detect_on_the_pipeline_outputs(pipeline_run, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert sorted(r["image"] for r in rows) == sorted(p.name for p in folder.iterdir())
-    assert all(0.0 <= r["p_fake"] <= 1.0 and r["source"] in ("dcgan", "vae") for r in rows)
+    assert all(0.0 <= r["p_fake"] <= 1.0 and r["source"] in TINY_ZOO for r in rows)
     # Bad input: one line, no traceback, never a silently smaller N.
     for args, expected in [(("fid", "missing.npz", "data/prepared/test.npz"), "missing.npz"),
                            (("fid", "data/generated/dcgan/eval.npz", "data/prepared/test.npz",

@@ -55,12 +55,15 @@ def audit_families(inp: AuditInputs, params: Params, train: Split, test: Split,
     for name in pc.families:
         fam = inp.family_params(name)
         members = member_indices(len(train.images), fam.train.num_images, fam.seed)
+        # N per side: privacy.num_members, or all of a smaller training (or test) set.
+        n = min(pc.num_members, len(members), len(test.images))
         queries = draw_queries((train.images, train.labels), (test.images, test.labels),
-                               members, pc.num_members, params.seed)
+                               members, n, params.seed)
         target = load_model(inp.models_dir, name, pc.num_generated, params.seed, len(members),
                             device)
         table, scores = audit_family(queries, target, reference, features, pc.bootstrap,
                                      params.seed)
+        table = {"num_members": n, "num_nonmembers": n, **table}
         rng = np.random.default_rng(params.seed)
         size = min(pc.pool_size, len(members), len(test.images))
         pool_train = train.images[rng.choice(members, size, replace=False)]
@@ -70,7 +73,7 @@ def audit_families(inp: AuditInputs, params: Params, train: Split, test: Split,
         families[name] = table
         figures.roc_plot(scores, queries.is_member,
                          f"Membership inference on {name} (n = {len(members)}, "
-                         f"{pc.num_members} + {pc.num_members} queries)",
+                         f"{n} + {n} queries)",
                          plots / f"roc_{name}.png")
         figures.memorisation_grid(columns, table["memorisation"]["closest"],
                                   f"{name}: samples closest to a training image",
