@@ -279,9 +279,7 @@ class PrivacyConfig(Section):
     # A zoo family trained on disjoint real data (train.split: val) that calibrates each attack
     # (GAN-Leaks): score(target) - score(reference). null = uncalibrated attacks only.
     reference: str | None = None
-    # Members, and as many non-members (test images); a family trained on fewer images is
-    # attacked with all of them (its N is in privacy.json).
-    num_members: int = Field(1000, ge=2)
+    num_members: int = Field(1000, ge=2)  # members, and as many non-members (test images)
     num_generated: int = Field(10000, gt=0)  # samples of each G the distance attacks search
     bootstrap: int = Field(1000, ge=10)  # rounds of the AUC's 95 % interval
     # Memorisation view: each generated sample's nearest training vs nearest test image, both
