@@ -253,12 +253,26 @@ class CrossgenConfig(Section):
     num_train: int = Field(2000, gt=0)  # real images per detector; as many fakes
     num_val: int = Field(500, gt=0)  # per side, for the calibrated threshold
     num_test: int = Field(1000, gt=0)  # per side, per tested family
+    # The matrix / leave-one-out detector: "probe" (frozen features + logistic regression,
+    # pipeline/forensics/probe.py) or "cnn" (the shipped detector's CNN, trained end to end);
+    # `compare`: other recipes whose leave-one-out is reported beside it.
+    detector: Literal["probe", "cnn"] = "probe"
+    compare: list[Literal["probe", "cnn"]] = []
+    probe_features: list[Literal["histogram", "featurenet", "spectrum"]] = [
+        "histogram", "featurenet"]
+    probe_c: float = Field(0.01, gt=0)  # the probe's inverse L2 strength
+    # The attribution classifier over {real, families} (and the seed pair): a probe on these
+    # features, or the CNN.
+    attributor: Literal["probe", "cnn"] = "probe"
+    attributor_features: list[Literal["histogram", "featurenet", "spectrum"]] = [
+        "histogram", "featurenet", "spectrum"]
+    # The CNNs (the cnn recipe, the cnn attributor, the robustness detector when none is given).
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(64, gt=0)
     lr: float = Field(1e-3, gt=0)
     width: int = Field(32, gt=0)
-    # Blur+JPEG augmentation of the matrix and leave-one-out detectors (as the shipped one's;
-    # the attributors train without: they read the fingerprints augmentation blurs).
+    # Blur+JPEG augmentation of the cnn recipe's detectors (as the shipped one's; the cnn
+    # attributor trains without: it reads the fingerprints augmentation blurs).
     aug_prob: float = Field(0.5, ge=0, le=1)
 
     @field_validator("seed_pair")
@@ -267,6 +281,20 @@ class CrossgenConfig(Section):
         if len(value) not in (0, 2) or len(set(value)) != len(value):
             raise ValueError(f"must be two different zoo families or [], got {value!r}")
         return value
+
+    @field_validator("probe_features", "attributor_features")
+    @classmethod
+    def _features(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"must name distinct features, at least one, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _compared(self) -> CrossgenConfig:
+        if self.detector in self.compare or len(set(self.compare)) != len(self.compare):
+            raise ValueError(f"compare: recipes other than detector ({self.detector!r}), each "
+                             f"once, got {self.compare!r}")
+        return self
 
 
 class PrivacyConfig(Section):

@@ -2,8 +2,8 @@
 how does processing hurt the shipped detector?
 
     python stages/crossgen.py --real data/prepared --fake data/generated \
-        --detector models/detector.pt --models models --metrics metrics/crossgen.json \
-        --plots metrics/crossgen
+        --detector models/detector.pt --featurenet models/featurenet.pt --models models \
+        --metrics metrics/crossgen.json --plots metrics/crossgen
 
 Writes metrics/crossgen.json (matrix, leave_one_out, attribution with its seed-level case,
 robustness; the protocol is pipeline/forensics/crossgen.py's docstring) and its heat maps and
@@ -25,6 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for flag, what in (("--real", "prepared dir"), ("--fake", "generated dir, one per family"),
                        ("--detector", "the shipped detector (robustness sweep)"),
+                       ("--featurenet", "the domain FeatureNet (the probe's features)"),
                        ("--models", "models dir: <family>/run.json link the model runs"),
                        ("--metrics", "crossgen JSON to write"),
                        ("--plots", "plots directory to write")):
@@ -41,8 +42,10 @@ def main() -> None:
     from pipeline.forensics.crossgen import CrossgenConfig, run_crossgen
     from pipeline.forensics.data import load_crossgen_sets
     from pipeline.forensics.plots import write_plots
+    from pipeline.forensics.probe import extractor_features
     from pipeline.forensics.summary import crossgen_summary
     from pipeline.io import atomic_dir, write_json
+    from pipeline.metrics.features import domain_extractor
 
     params = load_params(args.params)
     cg = params.crossgen
@@ -57,11 +60,21 @@ def main() -> None:
     detector, _ = load_detector(args.detector, device)
     spec = TrainSpec(epochs=cg.epochs, batch_size=cg.batch_size, lr=cg.lr, width=cg.width,
                      seed=params.seed)
-    config = CrossgenConfig(detector=replace(spec, aug_prob=cg.aug_prob), attributor=spec,
+    config = CrossgenConfig(recipe=cg.detector, compare=tuple(cg.compare),
+                            probe_features=tuple(cg.probe_features), probe_c=cg.probe_c,
+                            attributor_recipe=cg.attributor,
+                            attributor_features=tuple(cg.attributor_features),
+                            detector=replace(spec, aug_prob=cg.aug_prob), attributor=spec,
                             robustness_aug_prob=cg.aug_prob, seed=params.seed)
+    featurenet = None
+    probes = (cg.probe_features if "probe" in (cg.detector, *cg.compare) else []) + (
+        cg.attributor_features if cg.attributor == "probe" else [])
+    if "featurenet" in probes:
+        featurenet = extractor_features(domain_extractor(args.featurenet, device))
     result = run_crossgen(real, {f: fakes[f] for f in families}, config,
                           detector=detector, device=device,
-                          seed_pair={f: fakes[f] for f in cg.seed_pair} or None)
+                          seed_pair={f: fakes[f] for f in cg.seed_pair} or None,
+                          featurenet=featurenet)
     runs = {}
     for name in params.zoo:
         run_file = args.models / name / "run.json"

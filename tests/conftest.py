@@ -227,3 +227,32 @@ def digits_npz(path: Path, size: int = 28) -> Path:
     np.savez(path, images=images, labels=d.target.astype(np.int64),
              class_names=np.array([str(i) for i in range(10)]))
     return path
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch on `n` intra-op threads inside the block; the caller's count restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """In-process training on one thread: bit-for-bit pins need a fixed thread count, and two
+    OpenMP threads on this shared 2-core machine ran the same steps several times slower."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def digits_arrays(tmp_path_factory) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The digits a Ray train stage would read (`digits_npz`), as in-process arrays: images,
+    labels, class names."""
+    with np.load(digits_npz(tmp_path_factory.mktemp("digits") / "train.npz")) as z:
+        return z["images"], z["labels"], [str(c) for c in z["class_names"]]

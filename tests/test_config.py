@@ -61,6 +61,16 @@ def test_repo_params_yaml_is_valid_and_complete():
         ({"zoo": {"dcgan": {}, "a": {"seed": 1}, "b": {"seed": 2, "train": {"epochs": 9}},
                   "c": {}}, "crossgen": {"seed_pair": ["a", "b"]}},
          "crossgen.seed_pair: a and b must differ in their seed and in nothing else"),
+        ({"crossgen": {"detector": "svm"}},
+         "crossgen.detector: must be one of 'probe' or 'cnn', got 'svm'"),
+        ({"crossgen": {"compare": ["probe"]}},
+         "crossgen: compare: recipes other than detector ('probe'), each once, got ['probe']"),
+        ({"crossgen": {"probe_features": []}},
+         "crossgen.probe_features: must name distinct features, at least one, got []"),
+        ({"crossgen": {"attributor_features": ["histogram", "colour"]}},
+         "crossgen.attributor_features.1: must be one of 'histogram', 'featurenet' or "
+         "'spectrum', got 'colour'"),
+        ({"crossgen": {"probe_c": 0}}, "crossgen.probe_c: must be > 0.0, got 0"),
     ],
 )
 def test_bad_params_name_the_key(raw, expected):

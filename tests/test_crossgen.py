@@ -20,16 +20,16 @@ from pipeline.forensics.crossgen import CrossgenConfig, Split, run_crossgen
 from pipeline.forensics.perturbations import blur, down_up, jpeg, robustness_levels
 from pipeline.forensics.plots import write_plots
 
+from conftest import torch_threads
+
 SCORE_KEYS = {"auc", "ap", "accuracy", "calibrated_accuracy", "eer", "tpr_at_1fpr"}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The detectors are tiny; one thread keeps a shared machine responsive."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread_module():
+    """The models here are tiny; one thread keeps a shared machine responsive."""
+    with torch_threads(1):
+        yield
 
 
 def textured(n: int = 4, size: int = 28, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -208,8 +208,15 @@ def crossgen_result():
     fakes = {"checker": split(checker(fake_pool)), "blur-noise": split(blur_noise(fake_pool)),
              "patches": split(shuffled_patches(fake_pool))}
     spec = TrainSpec(epochs=1, batch_size=32, lr=2e-3, width=8, seed=0)
-    config = CrossgenConfig(detector=spec, attributor=replace_epochs(spec, 2))
-    return run_crossgen(split(real_pool), fakes, config)
+    config = CrossgenConfig(recipe="probe", compare=("cnn",), detector=spec,
+                            attributor=replace_epochs(spec, 2))
+    return run_crossgen(split(real_pool), fakes, config, featurenet=pooled)
+
+
+def pooled(images: np.ndarray) -> np.ndarray:
+    """A fixed stand-in for the FeatureNet: 4 x 4 average-pooled pixels (49 features)."""
+    x = images[..., 0].astype(np.float32).reshape(len(images), 7, 4, 7, 4)
+    return x.mean(axis=(2, 4)).reshape(len(images), -1)
 
 
 def replace_epochs(spec: TrainSpec, epochs: int) -> TrainSpec:
@@ -228,10 +235,17 @@ def test_crossgen_has_every_key_and_is_json(crossgen_result):
         assert list(row) == families
         for cell in row.values():
             assert set(cell) >= SCORE_KEYS
-    assert set(r["leave_one_out"]) == {"per_family", "mean_ap", "mean_calibrated_accuracy"}
-    assert list(r["leave_one_out"]["per_family"]) == families
-    for cell in r["leave_one_out"]["per_family"].values():
-        assert set(cell) >= SCORE_KEYS
+    loo = r["leave_one_out"]
+    assert set(loo) == {"detector", "per_family", "mean_ap", "mean_calibrated_accuracy",
+                        "compare"}
+    assert loo["detector"] == "probe" and list(loo["compare"]) == ["cnn"]
+    assert set(loo["compare"]["cnn"]) == {"per_family", "mean_ap", "mean_calibrated_accuracy"}
+    for block in (loo, loo["compare"]["cnn"]):
+        assert list(block["per_family"]) == families
+        for cell in block["per_family"].values():
+            assert set(cell) >= SCORE_KEYS
+    assert r["attribution"]["attributor"] == "probe"
+    assert r["params"]["recipe"] == "probe" and r["params"]["compare"] == ["cnn"]
     assert json.loads(json.dumps(r)) == r
     assert r["sizes"]["matrix_test"] == {f: [240, 240] for f in families}
     assert r["sizes"]["robustness_test"] == [240, 240]
@@ -245,14 +259,51 @@ def test_a_detector_catches_the_family_it_trained_on(crossgen_result):
         assert m[family][family]["calibrated_accuracy"] > 0.7, (family, m[family][family])
 
 
-def test_leave_one_out_means_are_the_means_of_its_cells(crossgen_result):
+@pytest.mark.parametrize("recipe", ["probe", "cnn"])
+def test_leave_one_out_means_are_the_means_of_its_cells(crossgen_result, recipe):
     loo = crossgen_result["leave_one_out"]
+    loo = loo if recipe == "probe" else loo["compare"][recipe]
     cells = loo["per_family"].values()
     assert loo["mean_ap"] == pytest.approx(np.mean([c["ap"] for c in cells]))
     assert loo["mean_calibrated_accuracy"] == pytest.approx(
         np.mean([c["calibrated_accuracy"] for c in cells]))
     for c in cells:
         assert 0 <= c["eer"] <= 1 and 0 <= c["tpr_at_1fpr"] <= 1
+
+
+def test_a_histogram_probe_catches_an_unseen_forger_that_shares_the_saturation_cue():
+    """Real digits pile up on exact 0 (background). Three "forgers" whose darkest output is 2,
+    4 or 6 (a tanh that never quite reaches -1): a probe on the pixel-value histogram, trained
+    against two, catches the third; the same probe cannot separate real from real."""
+    from sklearn.metrics import roc_auc_score as auc
+
+    from pipeline.forensics.probe import Featurizer, train_probe
+
+    images = digits_28()
+    forgers = {lo: (lambda x, lo=lo: np.round(lo + x * (255 - lo) / 255).astype(np.uint8))
+               for lo in (2, 4, 6)}
+    real_train, real_test, pool = images[:500], images[500:800], images[800:1700]
+    featurize = Featurizer(("histogram",))
+    labels = np.r_[np.zeros(300), np.ones(300)]
+    for unseen in forgers:
+        seen = [f for f in forgers if f != unseen]
+        fakes = np.concatenate([forgers[f](pool[250 * i:250 * (i + 1)])
+                                for i, f in enumerate(seen)])
+        probe = train_probe([real_train, fakes], featurize)
+        scores = np.r_[probe(real_test), probe(forgers[unseen](pool[600:900]))]
+        assert auc(labels, scores) > 0.95, unseen
+    real_vs_real = train_probe([images[:400], images[400:800]], featurize)
+    assert abs(auc(np.r_[np.zeros(400), np.ones(400)],
+                   real_vs_real(images[800:1600])) - 0.5) < 0.1
+
+
+def test_crossgen_rejects_an_unknown_recipe_and_a_probe_without_its_featurenet():
+    x = digits_28()[:40]
+    two = {"a": Split(x, x, x), "b": Split(x, x, x)}
+    with pytest.raises(UserError, match=r"distinct names from \['probe', 'cnn'\]"):
+        run_crossgen(Split(x, x, x), two, CrossgenConfig(recipe="svm"))
+    with pytest.raises(UserError, match="dvc repro featurenet"):
+        run_crossgen(Split(x, x, x), two, CrossgenConfig())  # featurenet features, none given
 
 
 def test_attribution_confusion_counts_every_test_image(crossgen_result):
@@ -348,10 +399,11 @@ def test_crossgen_stage_end_to_end(tmp_path, run_stage, monkeypatch):
                       "fp-s1": {"seed": 1}, "fp-s2": {"seed": 2}},
               "crossgen": {"seed_pair": ["fp-s1", "fp-s2"], "num_train": 300, "num_val": 100,
                            "num_test": 200, "epochs": 2, "batch_size": 32, "lr": 0.002,
-                           "width": 8}}
+                           "width": 8, "detector": "cnn", "compare": ["probe"],
+                           "probe_features": ["histogram", "spectrum"], "attributor": "cnn"}}
     args = ["--real", "data/prepared", "--fake", "data/generated", "--detector",
-            "models/detector.pt", "--models", "models", "--metrics", "metrics/crossgen.json",
-            "--plots", "metrics/crossgen"]
+            "models/detector.pt", "--featurenet", "models/featurenet.pt", "--models", "models",
+            "--metrics", "metrics/crossgen.json", "--plots", "metrics/crossgen"]
     done = run_stage("crossgen", *args, cwd=tmp_path, params=params)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "metrics" / "crossgen.json").read_text())
@@ -362,6 +414,9 @@ def test_crossgen_stage_end_to_end(tmp_path, run_stage, monkeypatch):
     assert sorted(families) == ["blur-noise", "checker", "dcgan"]
     assert list(result["matrix"]) == families
     assert set(result["leave_one_out"]["per_family"]) == set(families)
+    assert result["leave_one_out"]["detector"] == "cnn"
+    assert set(result["leave_one_out"]["compare"]["probe"]["per_family"]) == set(families)
+    assert result["attribution"]["attributor"] == "cnn"
     pair = result["attribution"]["seed_pair"]
     assert pair["classes"] == ["real", "fp-s1", "fp-s2"]
     assert pair["fake_accuracy"] > 0.9  # a fixed pattern per seed: far above chance (0.5)
@@ -385,6 +440,9 @@ def test_crossgen_stage_end_to_end(tmp_path, run_stage, monkeypatch):
             "run_id"]
     assert run.data.metrics["crossgen/loo_mean_ap"] == pytest.approx(
         result["leave_one_out"]["mean_ap"])
+    assert run.data.metrics["crossgen/loo_mean_ap_probe"] == pytest.approx(
+        result["leave_one_out"]["compare"]["probe"]["mean_ap"])
+    assert "The same with probe detectors: mean AP" in run.data.tags["mlflow.note.content"]
     assert run.data.metrics["crossgen/seed_pair_fake_accuracy"] == pytest.approx(
         pair["fake_accuracy"])
     assert run.data.tags["mlflow.note.content"].startswith("**Crossgen**")
@@ -397,4 +455,12 @@ def test_crossgen_stage_end_to_end(tmp_path, run_stage, monkeypatch):
     bad = run_stage("crossgen", *args, cwd=tmp_path, params=params)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
     assert f"crossgen.families: unknown family 'stylegan' (valid: {', '.join(zoo)})" in bad.stderr
+    assert (tmp_path / "metrics" / "crossgen.json").read_bytes() == before
+
+    # A probe on FeatureNet features, and no FeatureNet: one line saying how to make it.
+    params["crossgen"]["families"] = None
+    params["crossgen"]["attributor"] = "probe"  # its default features include featurenet
+    bad = run_stage("crossgen", *args, cwd=tmp_path, params=params)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "dvc repro featurenet" in bad.stderr
     assert (tmp_path / "metrics" / "crossgen.json").read_bytes() == before

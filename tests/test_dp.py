@@ -35,20 +35,6 @@ DP_LAYER = {"model": {"d_norm": "layer"}, "train": {"dp": {"enabled": True}},
             "ray": {"num_workers": 1}}
 
 
-@pytest.fixture(scope="module")
-def digits28(tmp_path_factory) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    with np.load(digits_npz(tmp_path_factory.mktemp("digits") / "train.npz")) as z:
-        return z["images"], z["labels"], [str(c) for c in z["class_names"]]
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def merged(raw: dict, over: dict) -> dict:
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for section, values in over.items():
@@ -117,10 +103,10 @@ def test_a_dp_runs_name_covers_its_epochs() -> None:
 
 
 # -- (b) the step and the loop, in-process -----------------------------------------------------
-def private_step(digits28, conditional: bool = False, max_grad_norm: float = 1.0,
+def private_step(digits_arrays, conditional: bool = False, max_grad_norm: float = 1.0,
                  diffaugment: tuple[str, ...] = ()
                  ) -> tuple[GanStep, PrivateDiscriminator, DeviceArrays]:
-    images, labels, _ = digits28
+    images, labels, _ = digits_arrays
     torch.manual_seed(0)
     G, D = build_models({"latent_dim": 16, "g_features": 8, "d_features": 8, "d_norm": "layer",
                          "conditional": conditional, "embed_dim": 4}, (1, 28, 28), 10)
@@ -133,8 +119,8 @@ def private_step(digits28, conditional: bool = False, max_grad_norm: float = 1.0
     return step, dp, DeviceArrays.on(torch.device("cpu"), images, labels)
 
 
-def test_poisson_batches_vary_around_the_sample_rate(digits28) -> None:
-    _, dp, data = private_step(digits28)
+def test_poisson_batches_vary_around_the_sample_rate(digits_arrays) -> None:
+    _, dp, data = private_step(digits_arrays)
     sizes = [len(x) for x, _ in dp.epoch_batches(data, epoch=1, steps=100)]
     assert abs(np.mean(sizes) - 16) < 1.5 and len(set(sizes)) > 5  # B ~ Binomial(N, 16/N)
     first = [y.tolist() for _, y in dp.epoch_batches(data, epoch=1, steps=3)]
@@ -143,11 +129,12 @@ def test_poisson_batches_vary_around_the_sample_rate(digits28) -> None:
 
 
 @pytest.mark.parametrize("conditional", [False, True])
-def test_each_rows_gradient_is_clipped_and_gs_step_leaves_d_alone(digits28, conditional) -> None:
+def test_each_rows_gradient_is_clipped_and_gs_step_leaves_d_alone(digits_arrays, conditional
+                                                                  ) -> None:
     """With a tiny C and no noise, D's gradient is exactly the clipped per-row sum over real and
     fake rows (noise alone would not give that), and G's phase adds no gradient to D."""
     clip = 1e-3
-    step, dp, data = private_step(digits28, conditional, clip, ("translation", "cutout"))
+    step, dp, data = private_step(digits_arrays, conditional, clip, ("translation", "cutout"))
     dp.optimizer.noise_multiplier = 0.0
     after_d: dict[str, torch.Tensor] = {}
     d_step = dp.step
@@ -181,16 +168,16 @@ def test_each_rows_gradient_is_clipped_and_gs_step_leaves_d_alone(digits28, cond
     assert dp.steps() == 1  # one accountant step for one D update
 
 
-def test_noise_has_the_calibrated_scale(digits28) -> None:
-    step, dp, data = private_step(digits28, max_grad_norm=0.5)
+def test_noise_has_the_calibrated_scale(digits_arrays) -> None:
+    step, dp, data = private_step(digits_arrays, max_grad_norm=0.5)
     real, labels = next(dp.epoch_batches(data, epoch=1, steps=1))
     step(real, labels, g_step=True)
     noise = torch.cat([(p.grad * 16 - p.summed_grad).flatten() for p in step.D.parameters()])
     assert noise.std().item() == pytest.approx(dp.noise_multiplier * 0.5, rel=0.05)
 
 
-def test_an_empty_poisson_batch_is_a_step(digits28) -> None:
-    step, dp, _ = private_step(digits28)
+def test_an_empty_poisson_batch_is_a_step(digits_arrays) -> None:
+    step, dp, _ = private_step(digits_arrays)
     before = [p.detach().clone() for p in step.D.parameters()]
     stats = step(torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long), g_step=True)
     assert torch.isfinite(stats).all() and stats[2] == 0  # D(x) of no image: 0
@@ -205,14 +192,14 @@ def dp_config(epochs: int = 3, **dp: object) -> WorkerConfig:
                           dp={"enabled": True, "epsilon": 4.0, **dp}), seed=0)
 
 
-def test_epsilon_every_epoch_rises_to_the_target(tmp_path: Path, digits28, one_thread) -> None:
+def test_epsilon_every_epoch_rises_to_the_target(tmp_path: Path, digits_arrays, one_thread) -> None:
     hooks = LocalHooks(tmp_path / "ckpt")
-    last = train_worker(dp_config(), *digits28, hooks)
+    last = train_worker(dp_config(), *digits_arrays, hooks)
     eps = [r["dp_epsilon"] for r in hooks.reports]
     assert len(eps) == 3 and eps[0] < eps[1] < eps[2]
     assert 3.9 < eps[-1] <= 4.0  # calibrated to the planned 18 steps, not beyond
     assert [r["dp_steps"] for r in hooks.reports] == [6, 12, 18]
-    q, sigma = 32 / len(digits28[0]), last["dp_noise_multiplier"]
+    q, sigma = 32 / len(digits_arrays[0]), last["dp_noise_multiplier"]
     assert last["dp_sample_rate"] == q and last["dp_delta"] == 1e-5
     state = load_checkpoint(tmp_path / "ckpt" / "epoch_003" / STATE_FILE)
     assert state["dp"]["accountant"]["history"] == [(sigma, q, 18)]
@@ -221,9 +208,9 @@ def test_epsilon_every_epoch_rises_to_the_target(tmp_path: Path, digits28, one_t
     assert independent.get_epsilon(1e-5) == eps[-1]
 
 
-def test_resume_continues_the_accountant(tmp_path: Path, digits28, one_thread) -> None:
+def test_resume_continues_the_accountant(tmp_path: Path, digits_arrays, one_thread) -> None:
     straight = LocalHooks(tmp_path / "straight")
-    train_worker(dp_config(), *digits28, straight)
+    train_worker(dp_config(), *digits_arrays, straight)
 
     class Crash(Exception):
         pass
@@ -234,9 +221,9 @@ def test_resume_continues_the_accountant(tmp_path: Path, digits28, one_thread) -
 
     resumed = LocalHooks(tmp_path / "resumed", on_step=crash)
     with pytest.raises(Crash):
-        train_worker(dp_config(), *digits28, resumed)
+        train_worker(dp_config(), *digits_arrays, resumed)
     resumed.on_step = lambda epoch, step: None
-    train_worker(dp_config(), *digits28, resumed)
+    train_worker(dp_config(), *digits_arrays, resumed)
     assert [r["epoch"] for r in resumed.reports] == [1, 2, 3]
     assert [r["dp_steps"] for r in resumed.reports] == [6, 12, 18]
     assert resumed.reports[-1]["dp_epsilon"] == straight.reports[-1]["dp_epsilon"]
@@ -245,7 +232,7 @@ def test_resume_continues_the_accountant(tmp_path: Path, digits28, one_thread) -
     assert first["secret"] == last["secret"]  # the resumed epochs drew from the same seed
     # More epochs than this run's noise was calibrated for: refused, naming train.epochs.
     with pytest.raises(UserError, match=r"^train.epochs: this DP run's noise"):
-        train_worker(dp_config(epochs=4), *digits28, resumed)
+        train_worker(dp_config(epochs=4), *digits_arrays, resumed)
 
 
 # -- (c) through Ray Train ----------------------------------------------------------------------

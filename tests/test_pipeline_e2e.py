@@ -125,6 +125,10 @@ def test_repro_writes_every_declared_output(pipeline_run):
     crossgen = json.loads((repo / "metrics" / "crossgen.json").read_text())
     assert list(crossgen["matrix"]) == ["dcgan", "vae"]
     assert crossgen["attribution"]["classes"] == ["real", "dcgan", "vae"]
+    # The default recipes: FeatureNet-reading probes, the CNN's leave-one-out beside.
+    assert crossgen["leave_one_out"]["detector"] == crossgen["attribution"]["attributor"] == \
+        "probe"
+    assert set(crossgen["leave_one_out"]["compare"]["cnn"]["per_family"]) == {"dcgan", "vae"}
     assert set(crossgen["model_runs"]) == {"dcgan", "vae", "cref"}
     # The audit: every attack with its interval and low-FPR rates, on the N asked for; a
     # 2-epoch G on 1 000 digits is near chance (a broken score, e.g. members and non-members
@@ -139,6 +143,8 @@ def test_repro_writes_every_declared_output(pipeline_run):
         assert 0 <= r["tpr_at_0.1pct_fpr"] <= r["tpr_at_1pct_fpr"] <= 1
     with np.load(repo / "data" / "prepared" / "train.npz") as prepared:
         assert audit["num_train_images"] == len(prepared["labels"])  # all of train.npz
+        # TSTR trains on as many samples as TRTR has real images (at most tstr_num_train).
+        assert privacy["tstr"]["num_train"] == min(600, len(prepared["labels"]))
     assert 0.5 < audit["memorisation"]["median_ratio"] < 2
     assert privacy["tstr"]["families"]["cref"]["tstr_accuracy"] >= 0
     assert 0.5 < privacy["tstr"]["trtr_accuracy"] <= 1

@@ -23,13 +23,14 @@ from pipeline.privacy.audit import AuditedModel, audit_family, draw_queries, mem
 from pipeline.privacy.tstr import TstrSpec, trtr, tstr
 from pipeline.train.data import member_indices
 
+from conftest import torch_threads
+
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread_module():
+    """The models here are tiny; one thread keeps a shared machine responsive."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

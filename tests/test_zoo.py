@@ -45,23 +45,6 @@ def zoo_params(tmp: Path, arch: str, epochs: int = 2, workers: int = 2, **model:
     })
 
 
-@pytest.fixture(scope="module")
-def digits28(tmp_path_factory) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The digits Ray trains on below, as in-process arrays (images, labels, class names)."""
-    with np.load(digits_npz(tmp_path_factory.mktemp("digits") / "train.npz")) as z:
-        return z["images"], z["labels"], [str(c) for c in z["class_names"]]
-
-
-@pytest.fixture
-def one_thread():
-    """In-process training on one thread: bit-for-bit pins need a fixed thread count, and two
-    OpenMP threads on this shared 2-core machine ran the same steps several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- model.arch: validated, presets explicit ----------------------------------------------------
 def test_unknown_arch_is_one_line_listing_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(UserError) as err:
@@ -205,7 +188,7 @@ def _fingerprint(state: dict[str, torch.Tensor]) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "sngan"])
-def test_pinned_trajectory(tmp_path: Path, digits28, one_thread, arch: str
+def test_pinned_trajectory(tmp_path: Path, digits_arrays, one_thread, arch: str
                                        ) -> None:
     losses, g_pin, d_pin = PINNED[arch]
     cfg = WorkerConfig(
@@ -213,7 +196,7 @@ def test_pinned_trajectory(tmp_path: Path, digits28, one_thread, arch: str
         train=TrainConfig(epochs=2, batch_size=32, max_steps_per_epoch=5, grid_size=16,
                           channels_last=True), seed=0)
     hooks = LocalHooks(tmp_path)
-    train_worker(cfg, *digits28, hooks)
+    train_worker(cfg, *digits_arrays, hooks)
     got = [float(r[k]) for r in hooks.reports for k in ("loss_d", "loss_g", "d_real", "d_fake")]
     want = [float.fromhex(v) for row in losses for v in row]
     assert got == pytest.approx(want, rel=PIN_REL, abs=1e-9)
@@ -224,7 +207,7 @@ def test_pinned_trajectory(tmp_path: Path, digits28, one_thread, arch: str
 
 # -- resume (in-process: exact) ------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["wgan-gp", "vae"])
-def test_resume_continues_exactly(tmp_path: Path, digits28, one_thread, arch: str) -> None:
+def test_resume_continues_exactly(tmp_path: Path, digits_arrays, one_thread, arch: str) -> None:
     def cfg(epochs: int) -> WorkerConfig:
         return WorkerConfig(model=ModelConfig(arch=arch, latent_dim=16, g_features=8,
                                               d_features=8),
@@ -233,9 +216,9 @@ def test_resume_continues_exactly(tmp_path: Path, digits28, one_thread, arch: st
                                               ema_decay=0.9), seed=0)
 
     straight, resumed = LocalHooks(tmp_path / "a"), LocalHooks(tmp_path / "b")
-    train_worker(cfg(2), *digits28, straight)
-    train_worker(cfg(1), *digits28, resumed)
-    train_worker(cfg(2), *digits28, resumed)
+    train_worker(cfg(2), *digits_arrays, straight)
+    train_worker(cfg(1), *digits_arrays, resumed)
+    train_worker(cfg(2), *digits_arrays, resumed)
     assert [r["epoch"] for r in resumed.reports] == [1, 2]
     assert resumed.reports[-1]["loss_g"] == straight.reports[-1]["loss_g"]
     a = load_checkpoint(tmp_path / "a" / "epoch_002" / STATE_FILE)
@@ -245,12 +228,12 @@ def test_resume_continues_exactly(tmp_path: Path, digits28, one_thread, arch: st
 
 
 @pytest.mark.parametrize("arch", ["sngan", "wgan-gp"])
-def test_conditional_gan_families(tmp_path: Path, digits28, one_thread, arch: str) -> None:
+def test_conditional_gan_families(tmp_path: Path, digits_arrays, one_thread, arch: str) -> None:
     cfg = WorkerConfig(model=ModelConfig(arch=arch, latent_dim=16, g_features=8, d_features=8,
                                          conditional=True, embed_dim=4),
                        train=TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=6,
                                          grid_size=16), seed=0)
-    last = train_worker(cfg, *digits28, LocalHooks(tmp_path))
+    last = train_worker(cfg, *digits_arrays, LocalHooks(tmp_path))
     assert math.isfinite(last["loss_d"]) and math.isfinite(last["loss_g"])
     G, _ = load_generator(tmp_path / "epoch_001" / STATE_FILE)
     x = G(torch.randn(4, 16), torch.tensor([0, 1, 2, 3]))

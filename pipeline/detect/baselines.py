@@ -21,11 +21,12 @@ from pipeline.imaging import to_unit_range
 
 
 @torch.no_grad()
-def discriminator_scores(D: torch.nn.Module, images: np.ndarray, labels: np.ndarray | None = None,
+def discriminator_logits(D: torch.nn.Module, images: np.ndarray, labels: np.ndarray | None = None,
                          batch_size: int = 256, device: str | torch.device = "cpu",
                          num_classes: int = 0) -> np.ndarray:
-    """P(fake) = sigmoid(-D(x)) for uint8 (N, H, W, C) images; `labels` for a conditional D.
-    A conditional D without labels (`num_classes` > 0): D's most "real" class, max_y D(x, y)."""
+    """D's logits float64 (N,) ("real" is high) for uint8 (N, H, W, C) images, D in eval mode;
+    `labels` for a conditional D. A conditional D without labels (`num_classes` > 0): D's most
+    "real" class, max_y D(x, y)."""
     D = D.to(device).eval()
     out = []
     for i in range(0, len(images), batch_size):
@@ -37,8 +38,16 @@ def discriminator_scores(D: torch.nn.Module, images: np.ndarray, labels: np.ndar
                                   for y in range(num_classes)]).amax(0)  # (B,)
         else:
             logits = D(x)
-        out.append(torch.sigmoid(-logits.float()).cpu())
+        out.append(logits.float().reshape(-1).cpu())
     return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+def discriminator_scores(D: torch.nn.Module, images: np.ndarray, labels: np.ndarray | None = None,
+                         batch_size: int = 256, device: str | torch.device = "cpu",
+                         num_classes: int = 0) -> np.ndarray:
+    """P(fake) = sigmoid(-D(x)) for uint8 (N, H, W, C) images (`discriminator_logits`' args)."""
+    logits = discriminator_logits(D, images, labels, batch_size, device, num_classes)
+    return 1.0 / (1.0 + np.exp(logits))
 
 
 def azimuthal_spectrum(images: np.ndarray) -> np.ndarray:

@@ -63,7 +63,7 @@ FAKE_SPLITS = ("train", "val", "test")  # data/generated/<family>/detector_<spli
 @dataclass
 class DetectData:
     """Balanced, disjoint uint8 (N, H, W, C) image sets; fakes per family, in `families` order,
-    equal counts within a split. Test labels: each test image's class (-1: a fake without)."""
+    equal counts within a split."""
 
     families: list[str]
     real_train: np.ndarray
@@ -72,8 +72,6 @@ class DetectData:
     fake_train: list[np.ndarray]
     fake_val: list[np.ndarray]
     fake_test: list[np.ndarray]
-    real_test_labels: np.ndarray
-    fake_test_labels: np.ndarray  # of all test fakes, concatenated in `families` order
 
 
 @dataclass
@@ -86,20 +84,16 @@ class DetectResult:
     image_shape: tuple[int, int, int]  # (C, H, W)
 
 
-def _load_fakes(path: Path) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """(images, labels (-1 = none), noise_seed or None) of a generated .npz."""
+def _load_fakes(path: Path) -> tuple[np.ndarray, int | None]:
+    """(images, noise_seed or None) of a generated .npz."""
     from pipeline.data.arrays import load_images
 
     images = load_images(path)
     if len(images) == 0:
         raise UserError(f"{path}: no images; set generate.num_* > 0 and rerun generate")
     with np.load(path, allow_pickle=False) as npz:
-        labels = npz["labels"].astype(np.int64) if "labels" in npz.files else \
-            np.full(len(images), -1, dtype=np.int64)
         seed = int(npz["noise_seed"]) if "noise_seed" in npz.files else None
-    if labels.shape != (len(images),):
-        raise UserError(f"{path}: labels must have shape ({len(images)},), got {labels.shape}")
-    return images, labels, seed
+    return images, seed
 
 
 def _subset(n_total: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -108,18 +102,17 @@ def _subset(n_total: int, n: int, rng: np.random.Generator) -> np.ndarray:
     return idx
 
 
-def load_family_fakes(fake_dir: Path, shape: tuple[int, ...]
-                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{split: (images, labels)} of one family's detector sets, shapes and noise seeds checked."""
+def load_family_fakes(fake_dir: Path, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """{split: images} of one family's detector sets, shapes and noise seeds checked."""
     out, seeds = {}, {}
     for split in FAKE_SPLITS:
         path = fake_dir / f"detector_{split}.npz"
-        images, labels, seeds[split] = _load_fakes(path)
+        images, seeds[split] = _load_fakes(path)
         if images.shape[1:] != shape:
             raise UserError(f"{path}: images are (H, W, C) {images.shape[1:]} but the real "
                             f"ones are {shape}; rerun generate/prepare with the same "
                             "data.image_size and data.channels")
-        out[split] = (images, labels)
+        out[split] = images
     known = [s for s in seeds.values() if s is not None]
     if len(set(known)) != len(known):
         raise UserError(f"{fake_dir}: two detector_*.npz sets share a noise seed, the fakes "
@@ -140,10 +133,10 @@ def load_detect_data(real_dir: str | os.PathLike[str], fake_root: str | os.PathL
     fakes = {f: load_family_fakes(fake_root / f, shape) for f in families}
     rng = np.random.default_rng([seed, 7])  # own stream: other stages' draws do not shift it
     k = len(families)
-    picked: dict[str, tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]] = {}
+    picked: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}
     for split in FAKE_SPLITS:
         n_real = len(real[split].images)
-        per = min(n_real // k, *(len(fakes[f][split][0]) for f in families))
+        per = min(n_real // k, *(len(fakes[f][split]) for f in families))
         if split == "train" and num_train is not None:
             per = min(per, num_train // k)
         if per == 0 and split == "train" and num_train is not None and num_train < k:
@@ -154,19 +147,15 @@ def load_detect_data(real_dir: str | os.PathLike[str], fake_root: str | os.PathL
             raise UserError(f"{real_dir / f'{split}.npz'}: {n_real} real {split} images are too "
                             f"few to balance against {k} families (need >= {k}){hint}")
         real_idx = _subset(n_real, per * k, rng)
-        fake_idx = [_subset(len(fakes[f][split][0]), per, rng) for f in families]
-        picked[split] = (real_idx, [fakes[f][split][0][i] for f, i in zip(families, fake_idx,
-                                                                             strict=True)],
-                         [fakes[f][split][1][i] for f, i in zip(families, fake_idx,
-                                                                 strict=True)])
+        fake_idx = [_subset(len(fakes[f][split]), per, rng) for f in families]
+        picked[split] = (real_idx, [fakes[f][split][i] for f, i in zip(families, fake_idx,
+                                                                          strict=True)])
     return DetectData(
         families=list(families),
         real_train=real["train"].images[picked["train"][0]],
         real_val=real["val"].images[picked["val"][0]],
         real_test=real["test"].images[picked["test"][0]],
-        fake_train=picked["train"][1], fake_val=picked["val"][1], fake_test=picked["test"][1],
-        real_test_labels=real["test"].labels[picked["test"][0]],
-        fake_test_labels=np.concatenate(picked["test"][2]))
+        fake_train=picked["train"][1], fake_val=picked["val"][1], fake_test=picked["test"][1])
 
 
 def _discriminator(path: str | os.PathLike[str], data: DetectData, device: torch.device

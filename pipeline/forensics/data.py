@@ -19,7 +19,7 @@ import numpy as np
 from pipeline.config import CrossgenConfig as CrossgenParams
 from pipeline.data.arrays import load_split
 from pipeline.detect.run import FAKE_SPLITS, load_family_fakes
-from pipeline.forensics.crossgen import Split, _take
+from pipeline.forensics.crossgen import Split, take
 
 
 def load_crossgen_sets(real_dir: str | os.PathLike[str], fake_root: str | os.PathLike[str],
@@ -30,12 +30,10 @@ def load_crossgen_sets(real_dir: str | os.PathLike[str], fake_root: str | os.Pat
     sizes = dict(zip(FAKE_SPLITS, (cfg.num_train, cfg.num_val, cfg.num_test), strict=True))
     rng = np.random.default_rng([seed, 11])
     real_full = {s: load_split(real_dir / f"{s}.npz").images for s in FAKE_SPLITS}
-    real = Split(*(_take(real_full[s], min(sizes[s], len(real_full[s])), rng)
-                   for s in FAKE_SPLITS))
+    real = Split(*(take(real_full[s], sizes[s], rng) for s in FAKE_SPLITS))
     shape = real.train.shape[1:]
     fakes = {}
     for name in families:
         sets = load_family_fakes(fake_root / name, shape)
-        fakes[name] = Split(*(_take(sets[s][0], min(sizes[s], len(sets[s][0])), rng)
-                              for s in FAKE_SPLITS))
+        fakes[name] = Split(*(take(sets[s], sizes[s], rng) for s in FAKE_SPLITS))
     return real, fakes

@@ -26,6 +26,11 @@ def crossgen_summary(result: Mapping[str, Any]) -> Summary:
         "crossgen/loo_mean_ap": loo["mean_ap"],
         "crossgen/loo_mean_calibrated_accuracy": loo["mean_calibrated_accuracy"],
         "crossgen/attribution_accuracy": att["accuracy"]}
+    compared = loo.get("compare") or {}
+    for recipe, other in compared.items():
+        metrics[f"crossgen/loo_mean_ap_{recipe}"] = other["mean_ap"]
+        metrics[f"crossgen/loo_mean_calibrated_accuracy_{recipe}"] = \
+            other["mean_calibrated_accuracy"]
     if "seed_pair" in att:
         metrics["crossgen/seed_pair_fake_accuracy"] = att["seed_pair"]["fake_accuracy"]
     for kind, level, name in (("jpeg", 100, "ap_clean"), ("jpeg", 75, "ap_jpeg75"),
@@ -34,11 +39,16 @@ def crossgen_summary(result: Mapping[str, Any]) -> Summary:
             metrics[f"crossgen/detector_{name}"] = rob[kind][level]["ap"]
     families = list(result["matrix"])
     cols = ("auc", "ap", "accuracy", "calibrated_accuracy", "eer", "tpr_at_1fpr")
+    recipe = loo.get("detector", "cnn")
     lines = [f"**Crossgen**: leave-one-out mean AP **{loo['mean_ap']:.4f}**, mean calibrated "
-             f"accuracy **{loo['mean_calibrated_accuracy']:.4f}** (CNNDetection's best: AP "
-             f"0.926, accuracy 0.800); attribution accuracy **{att['accuracy']:.4f}** over "
-             f"{', '.join(att['classes'])}", "",
-             "Leave one family out (trained on the others, tested on it):", "",
+             f"accuracy **{loo['mean_calibrated_accuracy']:.4f}** ({recipe} detectors; "
+             f"CNNDetection's best: AP 0.926, accuracy 0.800); attribution accuracy "
+             f"**{att['accuracy']:.4f}** over {', '.join(att['classes'])}", ""]
+    for r, o in compared.items():
+        lines += [f"The same with {r} detectors: mean AP {o['mean_ap']:.4f}, mean calibrated "
+                  f"accuracy {o['mean_calibrated_accuracy']:.4f}.", ""]
+    lines += [f"Leave one family out ({recipe} detectors trained on the others, tested on "
+              "it):", "",
              "| left out | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     lines += [f"| {f} | " + " | ".join(_num(loo["per_family"][f][c]) for c in cols) + " |"
               for f in families]

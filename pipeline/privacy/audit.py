@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.detect.baselines import discriminator_logits
 from pipeline.errors import UserError
 from pipeline.generate import sample, split_seed
-from pipeline.imaging import to_unit_range
 from pipeline.privacy.attacks import nearest_distance, report
 
 Features = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W, C) -> (N, D) float
@@ -83,19 +83,14 @@ def load_model(models_dir: Path, name: str, num_generated: int, seed: int, num_t
     return AuditedModel(name, generated, D, conditional, num_train)
 
 
-@torch.no_grad()
 def discriminator_scores(model: AuditedModel, queries: Queries, batch_size: int = 500
                          ) -> np.ndarray:
     """D's logits on the queries (D in eval mode: BatchNorm with its running statistics)."""
     D = model.discriminator
     assert D is not None
-    device = next(D.parameters()).device
-    out = []
-    for i in range(0, len(queries.images), batch_size):
-        x = to_unit_range(queries.images[i:i + batch_size], device)
-        y = torch.from_numpy(queries.labels[i:i + batch_size]).to(device)
-        out.append(D(x, y) if model.conditional else D(x))
-    return torch.cat(out).double().cpu().numpy().reshape(-1)
+    return discriminator_logits(D, queries.images,
+                                queries.labels if model.conditional else None, batch_size,
+                                next(D.parameters()).device)
 
 
 def attack_scores(queries: Queries, target: AuditedModel, reference: AuditedModel | None,

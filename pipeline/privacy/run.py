@@ -94,8 +94,9 @@ def tstr_table(inp: AuditInputs, params: Params, train: Split, test: Split,
     pc = params.privacy
     if not pc.tstr:
         return {}
-    spec = TstrSpec(pc.tstr_num_train, pc.tstr_epochs, pc.tstr_batch_size, pc.tstr_lr,
-                    pc.tstr_width, params.seed)
+    # As many samples as real images: TSTR and TRTR train on equal counts.
+    spec = TstrSpec(min(pc.tstr_num_train, len(train.images)), pc.tstr_epochs,
+                    pc.tstr_batch_size, pc.tstr_lr, pc.tstr_width, params.seed)
     real_test = (test.images, test.labels)
     baseline = trtr((train.images, train.labels), real_test, len(train.class_names), spec,
                     device)

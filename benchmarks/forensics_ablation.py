@@ -1,0 +1,137 @@
+"""Which forensic recipe, measured on the pipeline's own images: (1) the crossgen probe's
+feature sets, by leave-one-out mean AP / calibrated accuracy and attribution accuracy; (2) the
+shipped detector's training (epochs, Blur+JPEG probability), by its AP clean and under blur
+sigma 1 and JPEG q 75.
+
+    dvc repro generate featurenet     # data/generated/<family>/, models/featurenet.pt
+    .venv/bin/python benchmarks/forensics_ablation.py [--skip-probe] [--skip-detector]
+
+(1) runs `pipeline.forensics.crossgen.run_crossgen` with params.yaml's crossgen sets, the probe
+as detector and attributor, per feature set (robustness of the already shipped detector,
+models/detector.pt, which (1) does not compare). (2) trains the detect stage's network on the
+detect stage's sets (`load_detect_data`, `detect.num_train`, every zoo family) per variant and
+scores it with `robustness_table` on crossgen's robustness test set (real test vs the crossgen
+families' test fakes, the same images as metrics/crossgen.json's `robustness`). One seed per
+variant. Writes benchmarks/results/forensics_ablation.json and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FEATURE_SETS = [("histogram",), ("featurenet",), ("spectrum",), ("histogram", "featurenet"),
+                ("histogram", "spectrum"), ("featurenet", "spectrum"),
+                ("histogram", "featurenet", "spectrum")]
+DETECTOR_VARIANTS = [(0.5, 3), (0.5, 6), (0.8, 6), (0.5, 10), (0.8, 10)]  # (aug_prob, epochs)
+
+
+def probe_sets(params: Any, real: Any, fakes: dict[str, Any], detector: torch.nn.Module
+               ) -> list[dict[str, Any]]:
+    from pipeline.forensics.crossgen import CrossgenConfig, run_crossgen
+    from pipeline.forensics.probe import extractor_features
+    from pipeline.metrics.features import domain_extractor
+
+    featurenet = extractor_features(domain_extractor(ROOT / "models" / "featurenet.pt"))
+    cg, rows = params.crossgen, []
+    for features in FEATURE_SETS:
+        start = time.monotonic()
+        config = CrossgenConfig(recipe="probe", probe_features=features, probe_c=cg.probe_c,
+                                attributor_recipe="probe", attributor_features=features,
+                                jpeg_qualities=(100,), blur_sigmas=(), down_up_scales=(),
+                                seed=params.seed)
+        out = run_crossgen(real, fakes, config, detector=detector, featurenet=featurenet)
+        loo = out["leave_one_out"]
+        rows.append({"features": list(features), "loo_mean_ap": loo["mean_ap"],
+                     "loo_mean_calibrated_accuracy": loo["mean_calibrated_accuracy"],
+                     "loo_ap": {f: c["ap"] for f, c in loo["per_family"].items()},
+                     "attribution_accuracy": out["attribution"]["accuracy"],
+                     "seconds": round(time.monotonic() - start, 1)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def detector_variants(params: Any, real: Any, fakes: dict[str, Any]) -> list[dict[str, Any]]:
+    from pipeline.detect.run import load_detect_data, train_spec
+    from pipeline.detect.train import train_attributor
+    from pipeline.forensics.crossgen import CrossgenConfig, robustness_table, take
+
+    data = load_detect_data(ROOT / "data" / "prepared", ROOT / "data" / "generated",
+                            list(params.zoo), params.seed,
+                            params.detect.num_train)
+    rng = np.random.default_rng([params.seed, 4])  # crossgen's robustness test set
+    per = min(len(real.test) // len(fakes), *(len(s.test) for s in fakes.values()))
+    fake_test = np.concatenate([take(s.test, per, rng) for s in fakes.values()])
+    real_test = take(real.test, len(fake_test), rng)
+    config = CrossgenConfig(jpeg_qualities=(100, 75), blur_sigmas=(1.0,), down_up_scales=())
+    rows = []
+    for aug_prob, epochs in DETECTOR_VARIANTS:
+        start = time.monotonic()
+        spec = replace(train_spec(params.detect, params.seed), aug_prob=aug_prob, epochs=epochs)
+        model = train_attributor([data.real_train, *data.fake_train], spec, "cpu")
+        seconds = time.monotonic() - start
+        table = robustness_table(model, real_test, fake_test, config)
+        ap = {f"{kind}_{r['level']}": r["ap"] for kind, rows_ in table.items() for r in rows_}
+        clean = ap["jpeg_100"]
+        rows.append({"aug_prob": aug_prob, "epochs": epochs, "ap_clean": clean,
+                     "ap_jpeg75": ap["jpeg_75"], "ap_blur1": ap["blur_1.0"],
+                     "drop_jpeg75_points": 100 * (clean - ap["jpeg_75"]),
+                     "drop_blur1_points": 100 * (clean - ap["blur_1.0"]),
+                     "train_seconds": round(seconds, 1)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-probe", action="store_true")
+    parser.add_argument("--skip-detector", action="store_true")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "benchmarks" / "results" / "forensics_ablation.json")
+    args = parser.parse_args()
+
+    from pipeline.config import load_params
+    from pipeline.detect import load_detector
+    from pipeline.forensics.data import load_crossgen_sets
+
+    torch.set_num_threads(2)
+    params = load_params(ROOT / "params.yaml")
+    families = params.family_names()
+    real, fakes = load_crossgen_sets(ROOT / "data" / "prepared", ROOT / "data" / "generated",
+                                     families, params.crossgen, params.seed)
+    result: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpus": torch.get_num_threads(), "torch": torch.__version__},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "families": families, "crossgen_sizes": {"num_train": params.crossgen.num_train,
+                                                  "num_val": params.crossgen.num_val,
+                                                  "num_test": params.crossgen.num_test},
+        "detect_num_train": params.detect.num_train}
+    if not args.skip_probe:
+        detector, _ = load_detector(ROOT / "models" / "detector.pt")
+        result["probe_features"] = probe_sets(params, real, fakes, detector)
+    if not args.skip_detector:
+        result["shipped_detector"] = detector_variants(params, real, fakes)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+    for row in result.get("probe_features", []):
+        print(f"| {' + '.join(row['features'])} | {row['loo_mean_ap']:.3f} | "
+              f"{row['loo_mean_calibrated_accuracy']:.3f} | {row['attribution_accuracy']:.3f} |")
+    for row in result.get("shipped_detector", []):
+        print(f"| {row['aug_prob']} | {row['epochs']} | {row['ap_clean']:.4f} | "
+              f"{row['drop_jpeg75_points']:.1f} | {row['drop_blur1_points']:.1f} | "
+              f"{row['train_seconds']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
