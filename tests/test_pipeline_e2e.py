@@ -48,8 +48,9 @@ TINY = {
 TINY_ZOO = {"dcgan": {}, "vae": {"model": {"arch": "vae"}, "train": {"max_steps_per_epoch": 4}},
             "cref": {"model": {"conditional": True},
                      "train": {"split": "val", "max_steps_per_epoch": 3}}}
-TINY_CROSSGEN = {"families": ["dcgan", "vae"], "seed_pair": [], "num_train": 200, "num_val": 50,
-                 "num_test": 100, "epochs": 1, "batch_size": 64, "lr": 0.001, "width": 8}
+TINY_CROSSGEN = {"families": ["dcgan", "vae"], "seed_pair": [], "compare": ["cnn"],
+                 "num_train": 200, "num_val": 50, "num_test": 100, "epochs": 1,
+                 "batch_size": 64, "lr": 0.001, "width": 8}
 TINY_PRIVACY = {"families": ["dcgan"], "reference": "cref", "tstr": ["cref"],
                 "num_members": 100, "num_generated": 300, "bootstrap": 50, "pool_size": 200,
                 "grid_rows": 3, "tstr_num_train": 600, "tstr_epochs": 3, "tstr_batch_size": 64,
@@ -125,7 +126,7 @@ def test_repro_writes_every_declared_output(pipeline_run):
     crossgen = json.loads((repo / "metrics" / "crossgen.json").read_text())
     assert list(crossgen["matrix"]) == ["dcgan", "vae"]
     assert crossgen["attribution"]["classes"] == ["real", "dcgan", "vae"]
-    # The default recipes: FeatureNet-reading probes, the CNN's leave-one-out beside.
+    # The default recipes (FeatureNet-reading probes), the CNN's leave-one-out beside.
     assert crossgen["leave_one_out"]["detector"] == crossgen["attribution"]["attributor"] == \
         "probe"
     assert set(crossgen["leave_one_out"]["compare"]["cnn"]["per_family"]) == {"dcgan", "vae"}
