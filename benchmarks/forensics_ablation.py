@@ -25,7 +25,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,15 +62,12 @@ def probe_sets(params: Any, real: Any, fakes: dict[str, Any], detector: torch.nn
 def detector_variants(params: Any, real: Any, fakes: dict[str, Any]) -> list[dict[str, Any]]:
     from pipeline.detect.run import load_detect_data, train_spec
     from pipeline.detect.train import train_attributor
-    from pipeline.forensics.crossgen import CrossgenConfig, robustness_table, take
+    from pipeline.forensics.crossgen import CrossgenConfig, robustness_sets, robustness_table
 
     data = load_detect_data(ROOT / "data" / "prepared", ROOT / "data" / "generated",
                             list(params.zoo), params.seed,
                             params.detect.num_train)
-    rng = np.random.default_rng([params.seed, 4])  # crossgen's robustness test set
-    per = min(len(real.test) // len(fakes), *(len(s.test) for s in fakes.values()))
-    fake_test = np.concatenate([take(s.test, per, rng) for s in fakes.values()])
-    real_test = take(real.test, len(fake_test), rng)
+    real_test, fake_test = robustness_sets(real, fakes, params.seed)
     config = CrossgenConfig(jpeg_qualities=(100, 75), blur_sigmas=(1.0,), down_up_scales=())
     rows = []
     for aug_prob, epochs in DETECTOR_VARIANTS:

@@ -144,6 +144,12 @@ def _test_sets(real: Split, fakes: dict[str, Split], seed: int
     return {name: _pair(real.test, [s.test], rng) for name, s in fakes.items()}
 
 
+def robustness_sets(real: Split, fakes: dict[str, Split], seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The robustness sweep's balanced (real test, equal shares of every family's test fakes)."""
+    return _pair(real.test, [s.test for s in fakes.values()], np.random.default_rng([seed, 4]))
+
+
 def robustness_table(model: torch.nn.Module, real: np.ndarray, fake: np.ndarray,
                      config: CrossgenConfig | None = None,
                      device: torch.device | str = "cpu") -> dict[str, list[dict[str, float]]]:
@@ -271,8 +277,7 @@ def run_crossgen(real: Split, fakes: dict[str, Split], config: CrossgenConfig | 
         aug = replace(config.detector, aug_prob=config.robustness_aug_prob)
         detector = train_detector(*_pair(real.train, [s.train for s in fakes.values()],
                                          np.random.default_rng([config.seed, 1])), aug, device)
-    rob_real, rob_fake = _pair(real.test, [s.test for s in fakes.values()],
-                               np.random.default_rng([config.seed, 4]))
+    rob_real, rob_fake = robustness_sets(real, fakes, config.seed)
     robustness = robustness_table(detector, rob_real, rob_fake, config, device)
 
     sizes = {"real": {k: len(getattr(real, k)) for k in ("train", "val", "test")},
