@@ -1,18 +1,20 @@
 """Which forensic recipe, measured on the pipeline's own images: (1) the crossgen probe's
 feature sets, by leave-one-out mean AP / calibrated accuracy and attribution accuracy; (2) the
-shipped detector's training (epochs, Blur+JPEG probability), by its AP clean and under blur
-sigma 1 and JPEG q 75.
+shipped detector's training (epochs, Blur+JPEG probability, the blur's largest sigma, seed), by
+its AP clean and under blur sigma 1 and JPEG q 75.
 
     dvc repro generate featurenet     # data/generated/<family>/, models/featurenet.pt
-    .venv/bin/python benchmarks/forensics_ablation.py [--skip-probe] [--skip-detector]
+    .venv/bin/python benchmarks/forensics_ablation.py [--skip-probe] [--skip-detector] [--force]
 
 (1) runs `pipeline.forensics.crossgen.run_crossgen` with params.yaml's crossgen sets, the probe
 as detector and attributor, per feature set (robustness of the already shipped detector,
 models/detector.pt, which (1) does not compare). (2) trains the detect stage's network on the
 detect stage's sets (`load_detect_data`, `detect.num_train`, every zoo family) per variant and
 scores it with `robustness_table` on crossgen's robustness test set (real test vs the crossgen
-families' test fakes, the same images as metrics/crossgen.json's `robustness`). One seed per
-variant. Writes benchmarks/results/forensics_ablation.json and prints markdown tables.
+families' test fakes, the same images as metrics/crossgen.json's `robustness`). Training is
+deterministic on one machine, so a variant already in the JSON (same p, epochs, blur sigma
+and seed) is kept with its date and not retrained, unless --force; a skipped section is kept
+too. Writes benchmarks/results/forensics_ablation.json and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -28,10 +30,19 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-FEATURE_SETS = [("histogram",), ("featurenet",), ("spectrum",), ("histogram", "featurenet"),
-                ("histogram", "spectrum"), ("featurenet", "spectrum"),
-                ("histogram", "featurenet", "spectrum")]
-DETECTOR_VARIANTS = [(0.5, 3), (0.5, 6), (0.8, 6), (0.5, 10), (0.8, 10)]  # (aug_prob, epochs)
+FEATURE_SETS = [("histogram",), ("featurenet",), ("spectrum",), ("cooccurrence",),
+                ("histogram", "featurenet"), ("histogram", "spectrum"),
+                ("featurenet", "spectrum"), ("histogram", "featurenet", "spectrum"),
+                ("histogram", "featurenet", "cooccurrence"),
+                ("histogram", "featurenet", "spectrum", "cooccurrence")]
+# (aug_prob, epochs, blur_max: sigma ~ U[0, blur_max], seed)
+DETECTOR_VARIANTS = [(0.5, 3, 3.0, 0), (0.5, 6, 3.0, 0), (0.8, 6, 3.0, 0), (0.5, 10, 3.0, 0),
+                     (0.8, 10, 3.0, 0), (0.5, 6, 3.0, 1), (0.5, 6, 2.0, 0), (0.5, 6, 1.5, 0),
+                     (0.5, 6, 1.5, 1), (0.5, 6, 1.0, 0), (0.5, 6, 1.0, 1), (0.8, 6, 1.5, 0),
+                     (0.8, 6, 1.5, 1)]
+VARIANT_KEYS = ("aug_prob", "epochs", "blur_max", "seed")
+# What rows written before blur_max and seed were variant keys trained with.
+OLD_ROW_DEFAULTS = {"blur_max": 3.0, "seed": 0}
 
 
 def probe_sets(params: Any, real: Any, fakes: dict[str, Any], detector: torch.nn.Module
@@ -59,7 +70,9 @@ def probe_sets(params: Any, real: Any, fakes: dict[str, Any], detector: torch.nn
     return rows
 
 
-def detector_variants(params: Any, real: Any, fakes: dict[str, Any]) -> list[dict[str, Any]]:
+def detector_variants(params: Any, real: Any, fakes: dict[str, Any],
+                      done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every DETECTOR_VARIANTS row, taken from `done` (earlier rows) when it is there."""
     from pipeline.detect.run import load_detect_data, train_spec
     from pipeline.detect.train import train_attributor
     from pipeline.forensics.crossgen import CrossgenConfig, robustness_sets, robustness_table
@@ -69,20 +82,27 @@ def detector_variants(params: Any, real: Any, fakes: dict[str, Any]) -> list[dic
                             params.detect.num_train)
     real_test, fake_test = robustness_sets(real, fakes, params.seed)
     config = CrossgenConfig(jpeg_qualities=(100, 75), blur_sigmas=(1.0,), down_up_scales=())
+    earlier = {tuple(row[k] for k in VARIANT_KEYS): row for row in done}
     rows = []
-    for aug_prob, epochs in DETECTOR_VARIANTS:
+    for variant in DETECTOR_VARIANTS:
+        if variant in earlier:
+            rows.append(earlier[variant])
+            continue
+        aug_prob, epochs, blur_max, seed = variant
         start = time.monotonic()
-        spec = replace(train_spec(params.detect, params.seed), aug_prob=aug_prob, epochs=epochs)
+        spec = replace(train_spec(params.detect, params.seed), aug_prob=aug_prob, epochs=epochs,
+                       blur_max=blur_max, seed=seed)
         model = train_attributor([data.real_train, *data.fake_train], spec, "cpu")
         seconds = time.monotonic() - start
         table = robustness_table(model, real_test, fake_test, config)
         ap = {f"{kind}_{r['level']}": r["ap"] for kind, rows_ in table.items() for r in rows_}
         clean = ap["jpeg_100"]
-        rows.append({"aug_prob": aug_prob, "epochs": epochs, "ap_clean": clean,
+        rows.append({**dict(zip(VARIANT_KEYS, variant, strict=True)), "ap_clean": clean,
                      "ap_jpeg75": ap["jpeg_75"], "ap_blur1": ap["blur_1.0"],
                      "drop_jpeg75_points": 100 * (clean - ap["jpeg_75"]),
                      "drop_blur1_points": 100 * (clean - ap["blur_1.0"]),
-                     "train_seconds": round(seconds, 1)})
+                     "train_seconds": round(seconds, 1),
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
         print(rows[-1], flush=True)
     return rows
 
@@ -91,6 +111,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-probe", action="store_true")
     parser.add_argument("--skip-detector", action="store_true")
+    parser.add_argument("--force", action="store_true",
+                        help="retrain every detector variant, ignore the existing JSON")
     parser.add_argument("--out", type=Path,
                         default=ROOT / "benchmarks" / "results" / "forensics_ablation.json")
     args = parser.parse_args()
@@ -104,19 +126,27 @@ def main() -> None:
     families = params.family_names()
     real, fakes = load_crossgen_sets(ROOT / "data" / "prepared", ROOT / "data" / "generated",
                                      families, params.crossgen, params.seed)
+    earlier = (json.loads(args.out.read_text())
+               if args.out.exists() and not args.force else {})
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": torch.get_num_threads(), "torch": torch.__version__},
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "families": families, "crossgen_sizes": {"num_train": params.crossgen.num_train,
-                                                  "num_val": params.crossgen.num_val,
-                                                  "num_test": params.crossgen.num_test},
+        "date": now, "families": families,
+        "crossgen_sizes": {"num_train": params.crossgen.num_train,
+                           "num_val": params.crossgen.num_val,
+                           "num_test": params.crossgen.num_test},
         "detect_num_train": params.detect.num_train}
-    if not args.skip_probe:
+    if args.skip_probe:
+        result |= {k: earlier[k] for k in ("probe_features", "probe_date") if k in earlier}
+    else:
         detector, _ = load_detector(ROOT / "models" / "detector.pt")
         result["probe_features"] = probe_sets(params, real, fakes, detector)
-    if not args.skip_detector:
-        result["shipped_detector"] = detector_variants(params, real, fakes)
+        result["probe_date"] = now
+    done = [{**OLD_ROW_DEFAULTS, "date": earlier.get("date"), **row}
+            for row in earlier.get("shipped_detector", [])]
+    result["shipped_detector"] = (done if args.skip_detector
+                                  else detector_variants(params, real, fakes, done))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
 
@@ -124,7 +154,8 @@ def main() -> None:
         print(f"| {' + '.join(row['features'])} | {row['loo_mean_ap']:.3f} | "
               f"{row['loo_mean_calibrated_accuracy']:.3f} | {row['attribution_accuracy']:.3f} |")
     for row in result.get("shipped_detector", []):
-        print(f"| {row['aug_prob']} | {row['epochs']} | {row['ap_clean']:.4f} | "
+        print(f"| {row['aug_prob']} | {row['epochs']} | {row['blur_max']} | {row['seed']} | "
+              f"{row['ap_clean']:.4f} | "
               f"{row['drop_jpeg75_points']:.1f} | {row['drop_blur1_points']:.1f} | "
               f"{row['train_seconds']:.0f} |")
 

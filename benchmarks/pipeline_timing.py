@@ -5,8 +5,11 @@
 Runs `dvc repro [--force]` with the venv on PATH, timestamps every "Running stage 'X'" line DVC
 prints, and writes benchmarks/results/pipeline_timing.json: per-stage seconds (from its start
 line to the next stage's, or to the end), the total, the per-epoch log lines each train stage
-printed (by stage), and the machine. `--force` re-runs every stage (the from-scratch figure, the
-one-time install aside); without it only what changed runs.
+printed (by stage), and the machine with its speed: the fp32 GEMM rate with 2 threads
+(`train_throughput.gemm_gflops`, 2048^2) measured just before and just after the run, since this
+shared host's speed drifts by a factor of up to 2 over a day and a stage time means little
+without it. `--force` re-runs every stage (the from-scratch figure, the one-time install aside);
+without it only what changed runs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_throughput import gemm_gflops  # noqa: E402 - a sibling script, not a package
+
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 EPOCH_LINE = re.compile(r"\bepoch \d+/\d+ loss_d=")
 
@@ -36,6 +42,7 @@ def main() -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHONUNBUFFERED": "1"}
     cmd = ["dvc", "repro", *(["--force"] if args.force else [])]
+    gemm_before = gemm_gflops(2048, 10)
     start = time.monotonic()
     marks: list[tuple[str, float]] = []
     epoch_lines: dict[str, list[str]] = {}
@@ -51,6 +58,7 @@ def main() -> None:
             if EPOCH_LINE.search(line) and marks:
                 epoch_lines.setdefault(marks[-1][0], []).append(line.strip())
     total = time.monotonic() - start
+    gemm_after = gemm_gflops(2048, 10)
     if proc.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} exited {proc.returncode}; nothing written")
     ends = [t for _, t in marks[1:]] + ([total] if marks else [])  # a no-op runs no stage
@@ -58,12 +66,14 @@ def main() -> None:
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "gemm_gflop_per_s": {"before": round(gemm_before, 1), "after": round(gemm_after, 1)},
         "command": " ".join(cmd), "total_s": round(total, 1), "stages_s": stages,
         "train_epoch_lines": epoch_lines, "output_lines": lines,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("total_s", "stages_s")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("total_s", "gemm_gflop_per_s", "stages_s")},
+                     indent=2))
 
 
 if __name__ == "__main__":

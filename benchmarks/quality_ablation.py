@@ -47,6 +47,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "fast_g_b32": ({}, {"lr_g": 1e-3, "lr_d": 5e-4, "batch_size": 32}),
     "faster_g_b64": ({}, {"lr_g": 2e-3, "lr_d": 5e-4, "batch_size": 64}),
     "fast_g_slow_d_b64": ({}, {"lr_g": 1e-3, "lr_d": 2.5e-4, "batch_size": 64}),
+    # Class-conditional at the fast_g_b64 rates: how D reads the label (model.d_conditioning).
+    "cond_plane": ({"conditional": True, "d_conditioning": "plane"},
+                   {"lr_g": 1e-3, "lr_d": 5e-4, "batch_size": 64}),
+    "cond_projection": ({"conditional": True, "d_conditioning": "projection"},
+                        {"lr_g": 1e-3, "lr_d": 5e-4, "batch_size": 64}),
 }
 # channels_last changes speed, not what a step computes: it is measured in train_throughput.py.
 
@@ -166,14 +171,15 @@ def main() -> None:
     protocol = (f"{args.seconds:.0f} CPU-seconds of training on 1 thread, {args.parallel} "
                 f"variants at a time; domain metrics at N={args.n}")
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    machine = f"{platform.machine()}, {mp.cpu_count()} cores, {platform.platform()}"
     for info in results.values():
-        info.update(protocol=protocol, date=date)
+        info.update(protocol=protocol, date=date, machine=machine)
     if args.merge and args.out.is_file():  # keep the variants this run did not train
-        results = {**json.loads(args.out.read_text())["variants"], **results}
-    report = {
-        "machine": f"{platform.machine()}, {mp.cpu_count()} cores, {platform.platform()}",
-        "variants": results,
-    }
+        earlier = json.loads(args.out.read_text())
+        kept = {name: {"machine": earlier.get("machine"), **info}  # files before per-row machine
+                for name, info in earlier["variants"].items()}
+        results = {**kept, **results}
+    report = {"variants": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     n = f"{args.n // 1000}k" if args.n % 1000 == 0 else str(args.n)

@@ -67,6 +67,9 @@ class ModelConfig(Section):
     d_features: int = Field(64, gt=0)  # discriminator width (channels of its first layer)
     conditional: bool = False  # class-conditional G and D (label embedding)
     embed_dim: int = Field(16, gt=0)  # label embedding size when conditional
+    # How a conditional D reads the label: plane (a learned per-class image plane beside the
+    # input) | projection (a per-class row added to D's linear head: Miyato & Koyama 2018).
+    d_conditioning: Literal["plane", "projection"] = "plane"
     g_upsample: Literal["deconv", "resize"] = "deconv"  # G's x2 steps: transposed conv | NN+conv
     # D's normalisation; layer = GroupNorm with one group (per image: a WGAN-GP critic's).
     d_norm: Literal["batch", "spectral", "layer", "none"] = "batch"
@@ -132,7 +135,8 @@ ARCH_PRESETS: dict[str, dict[str, tuple[Any, list[Any] | None]]] = {
                 "train.loss": ("wgan-gp", ["wgan-gp"]), "train.n_critic": (5, None)},
     # Kingma & Welling 2014: no discriminator, so no D-only techniques; unconditional only.
     "vae": {"train.loss": ("elbo", ["elbo"]), "train.n_critic": (1, [1]),
-            "model.conditional": (False, [False]), "train.r1_gamma": (0.0, [0.0]),
+            "model.conditional": (False, [False]), "model.d_conditioning": ("plane", ["plane"]),
+            "train.r1_gamma": (0.0, [0.0]),
             "train.diffaugment": ([], [[]])},
 }
 
@@ -233,12 +237,17 @@ class DetectConfig(Section):
     # Real training images; as many fakes, an equal share from each family (null = as many as
     # the fakes allow).
     num_train: int | None = Field(None, gt=0)
-    # CNNDetection's Blur+JPEG augmentation: per training image, blur (sigma ~ U[0, 3]) with
-    # this probability, then JPEG (quality ~ U{30..100}) with this probability; 0 = off.
+    # CNNDetection's Blur+JPEG augmentation: per training image, blur (sigma ~ U[0, blur_max])
+    # with this probability, then JPEG (quality ~ U{30..100}) with this probability; 0 = off.
     aug_prob: float = Field(0.5, ge=0, le=1)
+    blur_max: float = Field(3.0, gt=0)  # CNNDetection's 3 px was for 256 px images
     # Robustness: the real and fake test images alike, JPEG re-encoded / Gaussian-blurred.
     jpeg_quality: int = Field(75, ge=1, le=95)
     blur_sigma: float = Field(1.0, gt=0)  # in pixels
+
+
+# The frozen features a crossgen probe can read (pipeline/forensics/probe.py PROBE_FEATURES).
+ProbeFeature = Literal["histogram", "featurenet", "spectrum", "cooccurrence"]
 
 
 class CrossgenConfig(Section):
@@ -258,14 +267,13 @@ class CrossgenConfig(Section):
     # `compare`: other recipes whose leave-one-out is reported beside it.
     detector: Literal["probe", "cnn"] = "probe"
     compare: list[Literal["probe", "cnn"]] = []
-    probe_features: list[Literal["histogram", "featurenet", "spectrum"]] = [
-        "histogram", "featurenet"]
+    probe_features: list[ProbeFeature] = ["cooccurrence"]
     probe_c: float = Field(0.01, gt=0)  # the probe's inverse L2 strength
     # The attribution classifier over {real, families} (and the seed pair): a probe on these
     # features, or the CNN.
     attributor: Literal["probe", "cnn"] = "probe"
-    attributor_features: list[Literal["histogram", "featurenet", "spectrum"]] = [
-        "histogram", "featurenet", "spectrum"]
+    attributor_features: list[ProbeFeature] = [
+        "histogram", "featurenet", "spectrum", "cooccurrence"]
     # The CNNs (the cnn recipe, the cnn attributor, the robustness detector when none is given).
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(64, gt=0)

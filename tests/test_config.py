@@ -68,8 +68,8 @@ def test_repo_params_yaml_is_valid_and_complete():
         ({"crossgen": {"probe_features": []}},
          "crossgen.probe_features: must name distinct features, at least one, got []"),
         ({"crossgen": {"attributor_features": ["histogram", "colour"]}},
-         "crossgen.attributor_features.1: must be one of 'histogram', 'featurenet' or "
-         "'spectrum', got 'colour'"),
+         "crossgen.attributor_features.1: must be one of 'histogram', 'featurenet', "
+         "'spectrum' or 'cooccurrence', got 'colour'"),
         ({"crossgen": {"probe_c": 0}}, "crossgen.probe_c: must be > 0.0, got 0"),
     ],
 )
@@ -141,7 +141,8 @@ def test_repo_zoo_is_what_the_pipeline_trains():
 
 @pytest.mark.parametrize("section, key, value", [
     ("train", "loss", "hinge"), ("train", "r1_gamma", 1.0), ("train", "diffaugment", ["color"]),
-    ("train", "n_critic", 2), ("model", "d_norm", "spectral"), ("model", "conditional", True)])
+    ("train", "n_critic", 2), ("model", "d_norm", "spectral"), ("model", "conditional", True),
+    ("model", "d_conditioning", "projection")])
 def test_a_default_model_variant_leaves_the_other_archs_of_the_repo_zoo_valid(section, key,
                                                                              value):
     """`dvc exp run -S train.loss=hinge` (a DCGAN variant) must not make the repo's VAE,
@@ -151,5 +152,6 @@ def test_a_default_model_variant_leaves_the_other_archs_of_the_repo_zoo_valid(se
     parse_params(raw)  # every family validates
     assert getattr(getattr(parse_params(raw, family="dcgan-seed1"), section), key) == value
     vae, wgan = parse_params(raw, family="vae"), parse_params(raw, family="wgan-gp")
-    assert (vae.train.loss, vae.train.r1_gamma, vae.model.conditional) == ("elbo", 0.0, False)
+    assert (vae.train.loss, vae.train.r1_gamma, vae.model.conditional,
+            vae.model.d_conditioning) == ("elbo", 0.0, False, "plane")
     assert (wgan.train.loss, wgan.model.d_norm, wgan.train.n_critic) == ("wgan-gp", "layer", 2)

@@ -28,8 +28,8 @@ from pipeline.data.arrays import save_split
 from pipeline.detect import class_probs, load_detector, predict, score_images
 from pipeline.detect.baselines import SpectrumDetector, azimuthal_spectrum, discriminator_scores
 from pipeline.detect.robustness import gaussian_blur, jpeg, perturbations
-from pipeline.detect.run import load_detect_data, run_detect, write_outputs
-from pipeline.detect.train import TrainSpec, train_attributor, train_detector
+from pipeline.detect.run import load_detect_data, run_detect, train_spec, write_outputs
+from pipeline.detect.train import TrainSpec, augment, train_attributor, train_detector
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
 
@@ -192,6 +192,20 @@ def test_augmented_training_still_learns(workspace: Path) -> None:
     result = run_detect(data, workspace / "models" / "dcgan" / "discriminator.pt", aug, 0,
                         torch.device("cpu"), log=False)
     assert result.metrics["detector_auc"] > 0.9
+
+
+def test_detect_blur_max_bounds_the_training_blur() -> None:
+    """detect.blur_max reaches the training spec, and bounds the blur augment() draws: a
+    one-pixel checkerboard keeps much of its contrast under sigma <= 0.3, none under up to 3."""
+    spec = train_spec(DetectConfig(aug_prob=1.0, blur_max=0.3), seed=0)
+    assert (spec.aug_prob, spec.blur_max) == (1.0, 0.3)
+    board = np.kron(np.ones((4, 14, 14)), [[0, 255], [255, 0]]).astype(np.uint8)[..., None]
+
+    def contrast(blur_max: float) -> float:
+        out = augment(board, TrainSpec(aug_prob=1.0, blur_max=blur_max), np.random.default_rng(0))
+        return float(np.abs(np.diff(out.astype(float), axis=2)).mean())  # 255 unblurred
+
+    assert contrast(0.3) > 100 > 5 * contrast(3.0)
 
 
 def test_score_images_converts_other_sizes(workspace: Path, digits28) -> None:

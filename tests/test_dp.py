@@ -104,12 +104,13 @@ def test_a_dp_runs_name_covers_its_epochs() -> None:
 
 # -- (b) the step and the loop, in-process -----------------------------------------------------
 def private_step(digits_arrays, conditional: bool = False, max_grad_norm: float = 1.0,
-                 diffaugment: tuple[str, ...] = ()
+                 diffaugment: tuple[str, ...] = (), d_conditioning: str = "plane"
                  ) -> tuple[GanStep, PrivateDiscriminator, DeviceArrays]:
     images, labels, _ = digits_arrays
     torch.manual_seed(0)
     G, D = build_models({"latent_dim": 16, "g_features": 8, "d_features": 8, "d_norm": "layer",
-                         "conditional": conditional, "embed_dim": 4}, (1, 28, 28), 10)
+                         "conditional": conditional, "embed_dim": 4,
+                         "d_conditioning": d_conditioning}, (1, 28, 28), 10)
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
     dp = PrivateDiscriminator(D, opt_d, DpConfig(enabled=True, max_grad_norm=max_grad_norm),
                               num_images=len(images), batch_size=16, steps=100)
@@ -128,13 +129,15 @@ def test_poisson_batches_vary_around_the_sample_rate(digits_arrays) -> None:
     assert first != [y.tolist() for _, y in dp.epoch_batches(data, epoch=2, steps=3)]
 
 
-@pytest.mark.parametrize("conditional", [False, True])
-def test_each_rows_gradient_is_clipped_and_gs_step_leaves_d_alone(digits_arrays, conditional
-                                                                  ) -> None:
+@pytest.mark.parametrize(("conditional", "d_conditioning"),
+                         [(False, "plane"), (True, "plane"), (True, "projection")])
+def test_each_rows_gradient_is_clipped_and_gs_step_leaves_d_alone(digits_arrays, conditional,
+                                                                  d_conditioning) -> None:
     """With a tiny C and no noise, D's gradient is exactly the clipped per-row sum over real and
     fake rows (noise alone would not give that), and G's phase adds no gradient to D."""
     clip = 1e-3
-    step, dp, data = private_step(digits_arrays, conditional, clip, ("translation", "cutout"))
+    step, dp, data = private_step(digits_arrays, conditional, clip, ("translation", "cutout"),
+                                  d_conditioning)
     dp.optimizer.noise_multiplier = 0.0
     after_d: dict[str, torch.Tensor] = {}
     d_step = dp.step

@@ -94,11 +94,13 @@ def test_epochs_below_the_trained_run_is_a_user_error(tmp_path: Path, data) -> N
         train_worker(config(tmp_path, epochs=1, max_steps_per_epoch=2), *data, hooks)
 
 
-def test_conditional_bf16_channels_last_on_cpu(tmp_path: Path, data) -> None:
+@pytest.mark.parametrize("d_conditioning", ["plane", "projection"])
+def test_conditional_bf16_channels_last_on_cpu(tmp_path: Path, data, d_conditioning) -> None:
     cfg = config(tmp_path, epochs=1, max_steps_per_epoch=3, precision="bf16",
                  channels_last=True)
     cfg = WorkerConfig(**{**cfg.__dict__, "model": ModelConfig(
-        latent_dim=16, g_features=8, d_features=8, conditional=True, embed_dim=4)})
+        latent_dim=16, g_features=8, d_features=8, conditional=True, embed_dim=4,
+        d_conditioning=d_conditioning)})
     hooks = LocalHooks(tmp_path / "ckpt")
     last = train_worker(cfg, *data, hooks)
     assert np.isfinite(last["loss_d"]) and np.isfinite(last["loss_g"])

@@ -22,9 +22,12 @@ CFG = {"latent_dim": 12, "g_features": 8, "d_features": 8, "conditional": False,
 
 @pytest.mark.parametrize("size", [28, 32, 64])
 @pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("conditional", [False, True])
-def test_shapes_and_ranges(size: int, channels: int, conditional: bool) -> None:
-    G, D = build_models({**CFG, "conditional": conditional}, (channels, size, size), 10)
+@pytest.mark.parametrize(("conditional", "d_conditioning"),
+                         [(False, "plane"), (True, "plane"), (True, "projection")])
+def test_shapes_and_ranges(size: int, channels: int, conditional: bool,
+                           d_conditioning: str) -> None:
+    G, D = build_models({**CFG, "conditional": conditional, "d_conditioning": d_conditioning},
+                        (channels, size, size), 10)
     labels = torch.tensor([0, 3, 9]) if conditional else None
     fake = G(torch.randn(3, 12), labels)
     assert fake.shape == (3, channels, size, size)
@@ -35,12 +38,37 @@ def test_shapes_and_ranges(size: int, channels: int, conditional: bool) -> None:
     assert not isinstance(D.net[-1], torch.nn.Sigmoid)
 
 
-def test_conditional_models_need_labels() -> None:
-    G, D = build_models({**CFG, "conditional": True}, (1, 28, 28), 10)
+@pytest.mark.parametrize("d_conditioning", ["plane", "projection"])
+def test_conditional_models_need_labels(d_conditioning: str) -> None:
+    G, D = build_models({**CFG, "conditional": True, "d_conditioning": d_conditioning},
+                        (1, 28, 28), 10)
     with pytest.raises(ValueError, match="labels"):
         G(torch.randn(2, 12))
     with pytest.raises(ValueError, match="labels"):
         D(torch.zeros(2, 1, 28, 28))
+
+
+@pytest.mark.parametrize("d_norm", ["batch", "spectral", "layer"])
+def test_a_projection_discriminator_adds_the_class_row_to_its_linear_head(d_norm: str) -> None:
+    """logit(x, y) = <w, h(x)> + <E[y], h(x)> (Miyato & Koyama 2018), h the head's input: the
+    class-free part is the head alone, and two classes differ by exactly <E[a] - E[b], h>."""
+    torch.manual_seed(0)
+    _, D = build_models({**CFG, "conditional": True, "d_conditioning": "projection",
+                         "d_norm": d_norm}, (1, 28, 28), 10)
+    D.eval()
+    x = torch.randn(5, 1, 28, 28)
+    a, b = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([9, 8, 7, 6, 5])
+    with torch.no_grad():
+        h = D.net[:-1](x).flatten(1)  # (5, 8 * 2 * 7 * 7)
+        head = D.net[-1](D.net[:-1](x)).flatten()
+        E = D.project.weight  # the spectral-normalised rows when d_norm is spectral
+        torch.testing.assert_close(D(x, a), head + (E[a] * h).sum(1), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(D(x, a) - D(x, b), ((E[a] - E[b]) * h).sum(1),
+                                   rtol=1e-5, atol=1e-6)
+    assert D.embed is None and D.net[0].in_channels == 1  # no label plane on the input
+    init = (D.project.parametrizations.weight.original if d_norm == "spectral"
+            else D.project.weight)  # the DCGAN init sits behind spectral normalisation
+    assert abs(init.std().item() - 0.02) < 4e-3
 
 
 def test_unsupported_size_is_rejected() -> None:

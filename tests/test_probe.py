@@ -1,16 +1,23 @@
 """pipeline.forensics.probe: its features against independent references (np.histogram per
-image, the DFT of a constant and of a pure cosine), and the probe's probabilities."""
+image, the DFT of a constant and of a pure cosine, pixel pairs counted one by one, ramps), and
+the probe's probabilities."""
 
 from __future__ import annotations
+
+import typing
 
 import numpy as np
 import pytest
 
+from pipeline.config import ProbeFeature
 from pipeline.errors import UserError
 from pipeline.forensics.probe import (
+    DIRECTIONS,
+    PROBE_FEATURES,
     Featurizer,
     log_spectrum,
     pixel_histogram,
+    residual_cooccurrence,
     train_probe,
 )
 
@@ -51,18 +58,67 @@ def test_log_spectrum_of_a_constant_and_of_a_cosine():
     assert expected[n // 2, n // 2 + 2] == pytest.approx((n * n / 2) ** 2, rel=1e-3)
 
 
+def _cooccurrence_by_loops(image: np.ndarray, t: int) -> np.ndarray:
+    """The reference: (C, 4, 2t+1, 2t+1) shares, every pixel triple visited one by one."""
+    h, w, c = image.shape
+    x = image.astype(int)
+    k = 2 * t + 1
+    counts = np.zeros((c, len(DIRECTIONS), k, k))
+    for ch in range(c):
+        for d, (dy, dx) in enumerate(DIRECTIONS):
+            for r in range(h):
+                for col in range(w):
+                    r2, c2 = r + 2 * dy, col + 2 * dx
+                    if not (0 <= r2 < h and 0 <= c2 < w):
+                        continue
+                    p0, p1, p2 = x[r, col, ch], x[r + dy, col + dx, ch], x[r2, c2, ch]
+                    a, b = min(max(p1 - p0, -t), t), min(max(p2 - p1, -t), t)
+                    counts[ch, d, a + t, b + t] += 1
+    return counts / counts.sum(axis=(2, 3), keepdims=True)
+
+
+@pytest.mark.parametrize(("shape", "t"), [((6, 5, 1), 3), ((5, 7, 3), 2)])
+def test_residual_cooccurrence_counts_every_pixel_triple(shape, t):
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (3, *shape), dtype=np.uint8)
+    images[1] = rng.integers(100, 106, shape)  # small differences: inside the clip range
+    out = residual_cooccurrence(images, t)
+    k = 2 * t + 1
+    assert out.shape == (3, shape[2] * 4 * k * k) and out.dtype == np.float32
+    for i in range(3):
+        expected = np.log(_cooccurrence_by_loops(images[i], t) + 1e-3).ravel()
+        np.testing.assert_allclose(out[i], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_residual_cooccurrence_of_a_ramp_is_one_pair_per_direction():
+    """x = 2 * column: differences +2 to the right, 0 down, +2 down-right, -2 down-left."""
+    t, k = 3, 7
+    ramp = (2 * np.arange(6))[None, :].repeat(5, 0).astype(np.uint8)[None, :, :, None]
+    share = np.exp(residual_cooccurrence(ramp, t).reshape(4, k, k)) - 1e-3
+    for d, diff in enumerate((2, 0, 2, -2)):
+        expected = np.zeros((k, k))
+        expected[diff + t, diff + t] = 1.0
+        np.testing.assert_allclose(share[d], expected, atol=1e-6)
+
+
+def test_the_config_offers_exactly_the_probe_features():
+    assert set(typing.get_args(ProbeFeature)) == set(PROBE_FEATURES)
+
+
 def test_featurizer_puts_the_named_features_side_by_side():
     images = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
     fake_net = lambda x: x.reshape(len(x), -1)[:, :5].astype(np.float32)  # noqa: E731
-    out = Featurizer(("spectrum", "featurenet", "histogram"), fake_net)(images)
+    out = Featurizer(("spectrum", "featurenet", "cooccurrence", "histogram"), fake_net)(images)
     np.testing.assert_array_equal(out, np.concatenate(
-        [log_spectrum(images), fake_net(images), pixel_histogram(images)], axis=1))
+        [log_spectrum(images), fake_net(images), residual_cooccurrence(images),
+         pixel_histogram(images)], axis=1))
 
 
 @pytest.mark.parametrize(("names", "net", "message"), [
     ((), None, "distinct names"),
     (("histogram", "histogram"), None, "distinct names"),
-    (("colour",), None, "distinct names from \\['histogram', 'featurenet', 'spectrum'\\]"),
+    (("colour",), None, "distinct names from \\['histogram', 'featurenet', 'spectrum', "
+                        "'cooccurrence'\\]"),
     (("featurenet",), None, "dvc repro featurenet"),
 ])
 def test_featurizer_errors_name_the_problem(names, net, message):

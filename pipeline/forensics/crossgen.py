@@ -73,10 +73,11 @@ class Split:
 class CrossgenConfig:
     recipe: str = "probe"  # the matrix and leave-one-out detectors: one of RECIPES
     compare: tuple[str, ...] = ()  # other recipes whose leave-one-out is reported beside
-    probe_features: tuple[str, ...] = ("histogram", "featurenet")  # the probe recipe's
+    probe_features: tuple[str, ...] = ("cooccurrence",)  # the probe recipe's
     probe_c: float = 0.01  # the probe's inverse L2 strength
     attributor_recipe: str = "probe"  # the {real, families} classifier: one of RECIPES
-    attributor_features: tuple[str, ...] = ("histogram", "featurenet", "spectrum")
+    attributor_features: tuple[str, ...] = ("histogram", "featurenet", "spectrum",
+                                            "cooccurrence")
     detector: TrainSpec = field(default_factory=TrainSpec)  # the cnn recipe's training
     attributor: TrainSpec = field(default_factory=TrainSpec)  # the cnn attributor's training
     robustness_aug_prob: float = 0.5  # augmentation of the robustness detector when none given

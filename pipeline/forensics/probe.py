@@ -1,26 +1,32 @@
 """The frozen-feature probe: crossgen's detector recipe for forgers it never saw.
 
-    featurize = Featurizer(("histogram", "featurenet"), featurenet=domain_extractor(path))
+    featurize = Featurizer(("cooccurrence",))             # + featurenet=... when named
     probe = train_probe([real_uint8, fake_uint8], featurize, c=0.01)
     p_fake = probe(images)                                # (N,) in [0, 1]
     names = train_probe([real, dcgan_fakes, vae_fakes], featurize).class_probs(images)  # (N, 3)
 
-UnivFD (Ojha et al. CVPR 2023): the features of a network never trained to tell real from
-fake, read by a linear classifier, generalise to unseen generators far better than a CNN trained
-end to end, which learns the artefacts of the forgers it was shown. The features here:
+UnivFD (Ojha et al. CVPR 2023): fixed features, never trained to tell real from fake, read by a
+linear classifier, generalise to unseen generators far better than a CNN trained end to end,
+which learns the artefacts of the forgers it was shown. The features here:
 - `histogram`: the log share of each of the 256 pixel values, per channel. Generators put too
   few pixels on the exact values real photographs pile up on (a flat black background is
   exactly 0; a tanh output rarely rounds to it): the saturation cue of McCloskey & Albright
-  (ICIP 2019), which every generator family shares;
+  (ICIP 2019);
 - `featurenet`: the penultimate layer of the domain FeatureNet (trained to classify real images
   only, `pipeline.metrics.featurenet`);
 - `spectrum`: the log power spectrum of the channel mean (up-sampling leaves periodic peaks:
-  Durall et al. CVPR 2020, Frank et al. ICML 2020).
+  Durall et al. CVPR 2020, Frank et al. ICML 2020);
+- `cooccurrence`: the log share of each pair of successive differences between neighbouring
+  pixels, clipped to [-3, 3], along rows, columns and both diagonals, per channel (first-order
+  SPAM: Pevny, Bas & Fridrich, IEEE TIFS 2010, the steganalysis feature forensics borrowed).
+  It counts the local texture of a camera or a generator's last layers: the tiny steps and flat
+  runs real photographs have, and which every generator family renders in its own way.
 Each is standardised, then read by an L2-regularised (multinomial) logistic regression (sklearn)
 of inverse strength `c`. Features are cheap (FeatureNet is a forward pass); no weights are
-trained but the linear layer. Which features serve which task is measured, not assumed: the
+trained but the linear layer. Which features serve which task is measured, not assumed
+(`benchmarks/forensics_ablation.py`): `cooccurrence` catches unseen families best, and the
 spectrum's generator-specific peaks help name a family it has seen (attribution) and hurt on a
-family it has not (leave-one-out); README "Forensics" has the figures.
+family it has not (leave-one-out); README "Results" has the figures.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from sklearn.preprocessing import StandardScaler
 from pipeline.errors import UserError
 from pipeline.metrics.features import Extractor, extract
 
-PROBE_FEATURES = ("histogram", "featurenet", "spectrum")
+PROBE_FEATURES = ("histogram", "featurenet", "spectrum", "cooccurrence")
+COOCCURRENCE_T = 3  # pixel differences are clipped to [-T, T]: (2T + 1)^2 pairs a direction
+DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))  # (dy, dx): right, down, both diagonals
 
 
 def pixel_histogram(images: np.ndarray) -> np.ndarray:
@@ -57,6 +65,33 @@ def log_spectrum(images: np.ndarray) -> np.ndarray:
     return np.log(power + 1e-3).astype(np.float32).reshape(len(images), -1)
 
 
+def _step(x: np.ndarray, dy: int, dx: int, k: int) -> np.ndarray:
+    """x (..., H, W) at p + k * (dy, dx), over the pixels p whose p + 2 * (dy, dx) is inside."""
+    h, w = x.shape[-2:]
+    rows = slice(k * dy, h - (2 - k) * dy)
+    cols = slice(k * dx, w - (2 - k) * dx) if dx >= 0 else slice((2 - k) * -dx, w + k * dx)
+    return x[..., rows, cols]
+
+
+def residual_cooccurrence(images: np.ndarray, t: int = COOCCURRENCE_T) -> np.ndarray:
+    """uint8 (N, H, W, C) -> float32 (N, C * 4 * (2t + 1)^2): per channel and direction v of
+    DIRECTIONS, the log(share + 1e-3) of each pair (x[p+v] - x[p], x[p+2v] - x[p+v]), both
+    differences clipped to [-t, t] (H, W >= 3)."""
+    n, h, w, c = images.shape
+    x = images.astype(np.int16).transpose(0, 3, 1, 2)  # (N, C, H, W)
+    k = 2 * t + 1
+    out = []
+    for dy, dx in DIRECTIONS:
+        x0, x1, x2 = (_step(x, dy, dx, i) for i in range(3))
+        a, b = np.clip(x1 - x0, -t, t) + t, np.clip(x2 - x1, -t, t) + t
+        codes = (a * k + b).reshape(n * c, -1)
+        offsets = k * k * np.arange(n * c)[:, None]
+        counts = np.bincount((codes + offsets).ravel(), minlength=k * k * n * c)
+        out.append(counts.reshape(n, c, k * k) / codes.shape[1])
+    share = np.stack(out, axis=2).reshape(n, -1)  # channel, then direction, then pair
+    return np.log(share + 1e-3).astype(np.float32)
+
+
 class Featurizer:
     """uint8 (N, H, W, C) -> float32 (N, D): the named features side by side. `featurenet`:
     an `pipeline.metrics.features.Extractor` (or any callable images -> (N, D)), needed when
@@ -73,7 +108,7 @@ class Featurizer:
                             "featurenet stage: dvc repro featurenet)")
         self.names = tuple(names)
         self._fns = {"histogram": pixel_histogram, "spectrum": log_spectrum,
-                     "featurenet": featurenet}
+                     "cooccurrence": residual_cooccurrence, "featurenet": featurenet}
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return np.concatenate([np.asarray(self._fns[n](images), np.float32)

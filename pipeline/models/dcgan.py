@@ -3,7 +3,10 @@
 Radford et al. 2015 (arXiv:1511.06434): transposed-conv generator with BatchNorm + ReLU and a tanh
 output in [-1, 1]; strided-conv discriminator with LeakyReLU(0.2) and BatchNorm after its first
 layer. The discriminator returns LOGITS (train it with `BCEWithLogitsLoss`). Conditional mode:
-G sees `[z, embed(y)]`; D sees the image plus one extra channel, a learned per-class plane.
+G sees `[z, embed(y)]`; D reads the label by `model.d_conditioning`:
+- `plane`: the image plus one extra channel, a learned per-class plane;
+- `projection` (Miyato & Koyama, ICLR 2018): D's last layer is a linear head w on its final
+  feature map h; the class adds its own learned row, logit = <w + E[y], h>.
 
 Two variants, chosen by `model.*` params:
 - `g_upsample: resize`: each x2 step is nearest-neighbour upsampling + 3x3 conv instead of a
@@ -36,13 +39,16 @@ def _plan(image_size: int) -> tuple[int, int]:
     return start, int(math.log2(image_size // start))
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    """The parameter behind `module.weight` (a spectral-normalised layer computes `weight`)."""
+    return (module.parametrizations.weight.original
+            if nn.utils.parametrize.is_parametrized(module, "weight") else module.weight)
+
+
 def weights_init(module: nn.Module) -> None:
     """DCGAN init: conv weights ~ N(0, 0.02); BatchNorm weights ~ N(1, 0.02), biases 0."""
     if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
-        # A spectral-normalised conv computes `weight`: initialise the parameter behind it.
-        weight = (module.parametrizations.weight.original
-                  if nn.utils.parametrize.is_parametrized(module, "weight") else module.weight)
-        nn.init.normal_(weight, 0.0, 0.02)
+        nn.init.normal_(_weight(module), 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.BatchNorm2d):
@@ -100,18 +106,22 @@ class Discriminator(nn.Module):
     """images (B, C, H, W) [+ labels (B,)] -> logits (B,)."""
 
     def __init__(self, features: int, channels: int, image_size: int,
-                 num_classes: int = 0, embed_dim: int = 16, norm: str = "batch") -> None:
+                 num_classes: int = 0, embed_dim: int = 16, norm: str = "batch",
+                 conditioning: str = "plane") -> None:
         super().__init__()
+        if conditioning not in ("plane", "projection"):
+            raise ValueError(f"conditioning must be plane or projection, got {conditioning!r}")
         start, downs = _plan(image_size)
         sn = nn.utils.parametrizations.spectral_norm if norm == "spectral" else (lambda m: m)
         self.image_size, self.num_classes = image_size, num_classes
-        # Conditional: the label becomes one extra input plane (embedding -> H*W pixels).
+        plane = bool(num_classes) and conditioning == "plane"
+        # Plane: the label becomes one extra input plane (embedding -> H*W pixels).
         self.embed = (nn.Sequential(nn.Embedding(num_classes, embed_dim),
                                     nn.Linear(embed_dim, image_size * image_size))
-                      if num_classes else None)
+                      if plane else None)
         width = features
         layers: list[nn.Module] = [
-            sn(nn.Conv2d(channels + (1 if num_classes else 0), width, 4, 2, 1, bias=False)),
+            sn(nn.Conv2d(channels + (1 if plane else 0), width, 4, 2, 1, bias=False)),
             nn.LeakyReLU(0.2, inplace=True),  # no BatchNorm on the input layer (DCGAN)
         ]
         for _ in range(downs - 1):
@@ -121,14 +131,24 @@ class Discriminator(nn.Module):
             width *= 2
         layers += [sn(nn.Conv2d(width, 1, start, 1, 0, bias=False))]  # (B, 1, 1, 1) logits
         self.net = nn.Sequential(*layers)
+        # Projection: E[y] has the head's shape (width x start x start, flattened), and its
+        # init (N(0, 0.02), as the conv weights).
+        self.project = None
+        if num_classes and not plane:
+            self.project = sn(nn.Embedding(num_classes, width * start * start))
+            nn.init.normal_(_weight(self.project), 0.0, 0.02)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.num_classes and labels is None:
+            raise ValueError("conditional discriminator needs labels")
         if self.embed is not None:
-            if labels is None:
-                raise ValueError("conditional discriminator needs labels")
             plane = self.embed(labels).view(-1, 1, self.image_size, self.image_size)
             x = torch.cat([x, plane.to(x.dtype)], dim=1)  # (B, C + 1, H, W)
-        return self.net(x).flatten()  # (B,)
+        if self.project is None:
+            return self.net(x).flatten()  # (B,)
+        h = self.net[:-1](x)  # (B, width, start, start): what the head reads
+        row = self.project(labels).to(h.dtype)  # (B, width * start * start)
+        return self.net[-1](h).flatten() + (row * h.flatten(1)).sum(dim=1)
 
 
 def build_gan(model_cfg: dict, image_shape: tuple[int, int, int],
@@ -143,7 +163,7 @@ def build_gan(model_cfg: dict, image_shape: tuple[int, int, int],
     G = Generator(int(model_cfg["latent_dim"]), int(model_cfg["g_features"]), channels,
                   height, classes, embed, model_cfg.get("g_upsample", "deconv"))
     D = Discriminator(int(model_cfg["d_features"]), channels, height, classes, embed,
-                      model_cfg.get("d_norm", "batch"))
+                      model_cfg.get("d_norm", "batch"), model_cfg.get("d_conditioning", "plane"))
     G.apply(weights_init)
     D.apply(weights_init)
     return G, D
