@@ -7,8 +7,9 @@ prints, and writes benchmarks/results/pipeline_timing.json: per-stage seconds (f
 line to the next stage's, or to the end), the total, the per-epoch log lines each train stage
 printed (by stage), and the machine with its speed: the fp32 GEMM rate with 2 threads
 (`train_throughput.gemm_gflops`, 2048^2) measured just before and just after the run, since this
-shared host's speed drifts by a factor of up to 2 over a day and a stage time means little
-without it. `--force` re-runs every stage (the from-scratch figure, the one-time install aside);
+shared host's speed drifts (189 GFLOP/s on 2026-11-24, 102-106 on the evening of 2026-12-06, when
+an unchanged stage ran 1.4x slower than that afternoon) and a stage time means little without
+it. `--force` re-runs every stage (the from-scratch figure, the one-time install aside);
 without it only what changed runs.
 """
 
