@@ -126,7 +126,8 @@ def test_repro_writes_every_declared_output(pipeline_run):
     crossgen = json.loads((repo / "metrics" / "crossgen.json").read_text())
     assert list(crossgen["matrix"]) == ["dcgan", "vae"]
     assert crossgen["attribution"]["classes"] == ["real", "dcgan", "vae"]
-    # The default recipes (FeatureNet-reading probes), the CNN's leave-one-out beside.
+    # The default recipes are probes (the attributor reads FeatureNet features); the CNN's
+    # leave-one-out beside, as TINY_CROSSGEN asks.
     assert crossgen["leave_one_out"]["detector"] == crossgen["attribution"]["attributor"] == \
         "probe"
     assert set(crossgen["leave_one_out"]["compare"]["cnn"]["per_family"]) == {"dcgan", "vae"}
