@@ -46,14 +46,21 @@ COOCCURRENCE_T = 3  # pixel differences are clipped to [-T, T]: (2T + 1)^2 pairs
 DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))  # (dy, dx): right, down, both diagonals
 
 
+def counts_per_row(codes: np.ndarray, bins: int) -> np.ndarray:
+    """Integer codes (R, M) in [0, bins) -> int64 (R, bins): how often each code occurs in each
+    row (one bincount over all rows, each row's codes shifted into its own range)."""
+    rows = len(codes)
+    offsets = bins * np.arange(rows, dtype=np.int64)[:, None]
+    counts = np.bincount((codes.astype(np.int64) + offsets).ravel(), minlength=bins * rows)
+    return counts.reshape(rows, bins)
+
+
 def pixel_histogram(images: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, C) -> float32 (N, 256 * C): log(share of pixels at each value + 1e-3),
     channel by channel."""
     n, h, w, c = images.shape
     flat = images.reshape(n, h * w, c).transpose(0, 2, 1).reshape(n * c, h * w)  # (N*C, HW)
-    offsets = 256 * np.arange(n * c)[:, None]
-    counts = np.bincount((flat.astype(np.int64) + offsets).ravel(), minlength=256 * n * c)
-    share = counts.reshape(n, c * 256).astype(np.float32) / (h * w)
+    share = counts_per_row(flat, 256).reshape(n, c * 256).astype(np.float32) / (h * w)
     return np.log(share + 1e-3)
 
 
@@ -85,9 +92,7 @@ def residual_cooccurrence(images: np.ndarray, t: int = COOCCURRENCE_T) -> np.nda
         x0, x1, x2 = (_step(x, dy, dx, i) for i in range(3))
         a, b = np.clip(x1 - x0, -t, t) + t, np.clip(x2 - x1, -t, t) + t
         codes = (a * k + b).reshape(n * c, -1)
-        offsets = k * k * np.arange(n * c)[:, None]
-        counts = np.bincount((codes + offsets).ravel(), minlength=k * k * n * c)
-        out.append(counts.reshape(n, c, k * k) / codes.shape[1])
+        out.append(counts_per_row(codes, k * k).reshape(n, c, k * k) / codes.shape[1])
     share = np.stack(out, axis=2).reshape(n, -1)  # channel, then direction, then pair
     return np.log(share + 1e-3).astype(np.float32)
 
