@@ -233,6 +233,7 @@ class DetectConfig(Section):
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: per step, lr -> 0
     width: int = Field(32, gt=0)
     # Real training images; as many fakes, an equal share from each family (null = as many as
     # the fakes allow).

@@ -16,6 +16,8 @@ a GAN cannot make use uniform noise.
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,13 @@ from pipeline.detect import class_probs, load_detector, predict, score_images
 from pipeline.detect.baselines import SpectrumDetector, azimuthal_spectrum, discriminator_scores
 from pipeline.detect.robustness import gaussian_blur, jpeg, perturbations
 from pipeline.detect.run import load_detect_data, run_detect, train_spec, write_outputs
-from pipeline.detect.train import TrainSpec, augment, train_attributor, train_detector
+from pipeline.detect.train import (
+    TrainSpec,
+    augment,
+    make_schedule,
+    train_attributor,
+    train_detector,
+)
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
 
@@ -206,6 +214,46 @@ def test_detect_blur_max_bounds_the_training_blur() -> None:
         return float(np.abs(np.diff(out.astype(float), axis=2)).mean())  # 255 unblurred
 
     assert contrast(0.3) > 100 > 5 * contrast(3.0)
+
+
+@pytest.mark.parametrize("steps", [1, 7, 40])
+def test_cosine_schedule_is_the_closed_form(steps: int) -> None:
+    """lr_schedule="cosine": the rate at step t is lr (1 + cos(pi t / T)) / 2 over the T steps
+    of the run, from lr to 0; "constant" keeps lr; detect.lr_schedule reaches the spec."""
+    def rates(schedule: str) -> list[float]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+        sched = make_schedule(opt, TrainSpec(lr=0.01, lr_schedule=schedule), steps)
+        out = []
+        for _ in range(steps + 1):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    expected = [0.005 * (1 + np.cos(np.pi * t / steps)) for t in range(steps + 1)]
+    np.testing.assert_allclose(rates("cosine"), expected, rtol=1e-9, atol=1e-15)
+    assert rates("constant") == [0.01] * (steps + 1)
+    assert train_spec(DetectConfig(lr_schedule="cosine"), seed=0).lr_schedule == "cosine"
+    with pytest.raises(ValueError, match="lr_schedule must be"):
+        make_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1),
+                      TrainSpec(lr_schedule="linear"), 3)  # type: ignore[arg-type]
+
+
+def test_cosine_detector_anneals_per_step(workspace: Path, capsys) -> None:
+    """The training loop steps the schedule once per batch: each epoch's log line gives the
+    rate the next step would use, lr (1 + cos(pi e / E)) / 2 after epoch e of E, 0 at the end;
+    the same seed gives the same weights."""
+    data = load(workspace)
+    sets = [data.real_train, *data.fake_train]
+    spec = replace(SPEC, epochs=3, lr_schedule="cosine")
+    model = train_attributor(sets, spec, log=True)
+    logged = [float(m) for m in re.findall(r"epoch \d/3: loss [\d.]+, next lr ([\d.e-]+)",
+                                           capsys.readouterr().out)]
+    expected = [spec.lr * (1 + np.cos(np.pi * e / 3)) / 2 for e in (1, 2, 3)]
+    np.testing.assert_allclose(logged, expected, rtol=1e-6, atol=1e-12)
+    again = train_attributor(sets, spec)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 again.state_dict().values(), strict=True))
 
 
 def test_score_images_converts_other_sizes(workspace: Path, digits28) -> None:

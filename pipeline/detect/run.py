@@ -189,8 +189,9 @@ def _labels(n_real: int, n_fake: int) -> np.ndarray:
 
 
 def train_spec(cfg: DetectConfig, seed: int) -> TrainSpec:
-    return TrainSpec(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, width=cfg.width,
-                     aug_prob=cfg.aug_prob, blur_max=cfg.blur_max, seed=seed)
+    return TrainSpec(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                     lr_schedule=cfg.lr_schedule, width=cfg.width, aug_prob=cfg.aug_prob,
+                     blur_max=cfg.blur_max, seed=seed)
 
 
 def _per_family(model: SourceDetector, data: DetectData, real_scores: np.ndarray,

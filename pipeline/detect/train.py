@@ -6,10 +6,13 @@
 
 Both are the CNN of `pipeline.detect.model` (binary `Detector`, or `SourceDetector` with one output
 per class, class 0 the real images). Augmentation follows CNNDetection (Wang et al. CVPR 2020,
-"Blur+JPEG (p)"): each training image, independently, is Gaussian-blurred with sigma ~ U[0, 3] with
-probability p, then JPEG re-encoded at quality ~ U{30..100} with probability p. Fresh draws every
-epoch from one seeded numpy stream; weights initialised under a forked torch RNG: the same seed
-gives the same model on the CPU, and the caller's global RNG is left alone.
+"Blur+JPEG (p)"): each training image, independently, is Gaussian-blurred with sigma ~
+U[0, blur_max] (CNNDetection: 3) with probability p, then JPEG re-encoded at quality ~
+U{30..100} with probability p. Fresh draws every epoch from one seeded numpy stream; weights
+initialised under a forked torch RNG: the same seed gives the same model on the CPU, and the
+caller's global RNG is left alone. The learning rate is constant, or (`lr_schedule="cosine"`)
+annealed per step from `lr` to 0 over the whole run (Loshchilov & Hutter 2017, without
+restarts), so the weights kept are not the last noisy step of a constant-rate walk.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,6 +37,7 @@ class TrainSpec:
     epochs: int = 3  # passes over the training images
     batch_size: int = 64  # images per step
     lr: float = 1e-3  # Adam, betas (0.5, 0.999) as the detect stage
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr -> 0 at the last step
     width: int = 32  # Detector width (channels of its first conv)
     # p of blur and, independently, of JPEG per image: 0 = none, 0.5 = CNNDetection's default
     aug_prob: float = 0.0
@@ -59,6 +64,17 @@ def augment(images: np.ndarray, spec: TrainSpec, rng: np.random.Generator) -> np
     return out
 
 
+def make_schedule(opt: torch.optim.Optimizer, spec: TrainSpec, total_steps: int
+                  ) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-step schedule of `spec.lr_schedule` over `total_steps` optimizer steps: constant,
+    or cosine from spec.lr at step 0 to 0 after the last."""
+    if spec.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    if spec.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
+    raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {spec.lr_schedule!r}")
+
+
 def _fit(model: nn.Module, images: np.ndarray, targets: torch.Tensor, loss_fn: nn.Module,
          spec: TrainSpec, device: torch.device | str, name: str, log: bool,
          logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
@@ -70,6 +86,7 @@ def _fit(model: nn.Module, images: np.ndarray, targets: torch.Tensor, loss_fn: n
     shuffle = torch.Generator().manual_seed(spec.seed)
     rng = np.random.default_rng([spec.seed, 13])  # augmentation draws, own stream
     steps = math.ceil(len(images) / spec.batch_size)
+    schedule = make_schedule(opt, spec, spec.epochs * steps)
     for epoch in range(1, spec.epochs + 1):
         model.train()
         order = torch.randperm(len(images), generator=shuffle).numpy()
@@ -77,19 +94,21 @@ def _fit(model: nn.Module, images: np.ndarray, targets: torch.Tensor, loss_fn: n
         for i in range(steps):
             idx = np.sort(order[i * spec.batch_size:(i + 1) * spec.batch_size])
             if len(idx) < 2:  # BatchNorm cannot train on a batch of one
+                schedule.step()
                 continue
             xb = to_unit_range(augment(images[idx], spec, rng), device)  # (B, C, H, W)
             loss = loss_fn(logits(xb), targets[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            schedule.step()
             total += loss.item() * len(idx)
         if not math.isfinite(total):
             raise UserError(f"{name} training: loss became NaN in epoch {epoch}; lower the lr "
                             f"(now {spec.lr})")
         if log:
-            print(f"{name} epoch {epoch}/{spec.epochs}: loss {total / len(images):.4f}",
-                  flush=True)
+            print(f"{name} epoch {epoch}/{spec.epochs}: loss {total / len(images):.4f}, "
+                  f"next lr {opt.param_groups[0]['lr']:.6g}", flush=True)
     return model.eval()
 
 
