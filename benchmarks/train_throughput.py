@@ -102,8 +102,9 @@ def gan_steps(params: Params, images: np.ndarray, labels: np.ndarray, steps: int
     device = torch.device("cpu")
     model, train = params.model, params.train
     torch.manual_seed(params.seed)  # identical init on every rank
+    num_classes = int(labels.max()) + 1
     G, D = build_models(model.model_dump(), (images.shape[3], images.shape[1], images.shape[2]),
-                        int(labels.max()) + 1)
+                        num_classes)
     if channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G, D = prepare(G), prepare(D)
@@ -120,7 +121,8 @@ def gan_steps(params: Params, images: np.ndarray, labels: np.ndarray, steps: int
         stats, _ = run_epoch(
             G, D, opt_g, opt_d,
             data.batches(list(sampler), train.batch_size // world, channels_last),
-            epoch=epoch, latent_dim=model.latent_dim, num_classes=0,
+            epoch=epoch, latent_dim=model.latent_dim,
+            num_classes=num_classes if model.conditional else 0,  # as loop.train_worker
             noise=torch.Generator(device=device).manual_seed(epoch * 1024 + rank),
             device=device, precision=train.precision, max_steps=steps - done, on_step=on_step)
         done += stats["steps"]
