@@ -247,7 +247,7 @@ class DetectConfig(Section):
     blur_sigma: float = Field(1.0, gt=0)  # in pixels
 
 
-# The frozen features a crossgen probe can read (pipeline/forensics/probe.py PROBE_FEATURES).
+# The frozen features a crossgen probe can read (pipeline/forensics/probe.py computes each).
 ProbeFeature = Literal["histogram", "featurenet", "spectrum", "cooccurrence"]
 
 

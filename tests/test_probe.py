@@ -102,7 +102,13 @@ def test_residual_cooccurrence_of_a_ramp_is_one_pair_per_direction():
 
 
 def test_the_config_offers_exactly_the_probe_features():
+    """Every name params.yaml may give is one the Featurizer computes."""
     assert set(typing.get_args(ProbeFeature)) == set(PROBE_FEATURES)
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
+    fake_net = lambda x: x.reshape(len(x), -1)[:, :5].astype(np.float32)  # noqa: E731
+    for name in PROBE_FEATURES:
+        out = Featurizer((name,), featurenet=fake_net)(images)
+        assert out.shape[0] == 3 and out.shape[1] > 0 and np.isfinite(out).all(), name
 
 
 def test_featurizer_puts_the_named_features_side_by_side():

@@ -31,6 +31,7 @@ family it has not (leave-one-out); README "Results" has the figures.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -38,10 +39,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from pipeline.config import ProbeFeature
 from pipeline.errors import UserError
 from pipeline.metrics.features import Extractor, extract
 
-PROBE_FEATURES = ("histogram", "featurenet", "spectrum", "cooccurrence")
+PROBE_FEATURES = typing.get_args(ProbeFeature)  # the names params.yaml may give
 COOCCURRENCE_T = 3  # pixel differences are clipped to [-T, T]: (2T + 1)^2 pairs a direction
 DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))  # (dy, dx): right, down, both diagonals
 
