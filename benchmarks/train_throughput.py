@@ -26,7 +26,9 @@ What the numbers mean (issue 11: the benchmark prints these ratios itself):
 Ray start-up, per ray_1x2 run: `ray.init` (through the launcher's `ray_session`, as the train
 stage does), then `fit()` start -> worker entry -> first training step, and the fit's end. Every
 round also runs an EMPTY 1-worker `TorchTrainer.fit()` (a worker function that returns at once)
-in its own fresh Ray: Ray Train's own floor for start-up and teardown.
+in its own fresh Ray: Ray Train's own floor for start-up and teardown. Its worker also notes
+when each of Ray's worker processes was started (the raylet's children, named by Ray's process
+titles: Train's controller, its helper actors, the worker): where the floor goes.
 
 The machine is shared and noisy, so rounds interleave everything: GEMM, plain, plain_cl,
 ray_1x2, ray_ddp, empty fit, GEMM, plain, ... (`--repeats` rounds, at least 3). Every figure is
@@ -43,6 +45,7 @@ Writes benchmarks/results/train_throughput.json (`--out`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
@@ -206,8 +209,21 @@ def _ray_worker(config: dict[str, Any]) -> None:
 
 
 def _empty_worker(config: dict[str, Any]) -> None:
-    """Returns at once; leaves its entry time in a file (no report: that would add a checkpoint)."""
-    Path(config["marks"], f"{os.getpid()}.t").write_text(repr(time.time()))
+    """Returns at once; leaves in a file its entry time and when each of Ray's worker processes
+    (its raylet's children: Train's controller, helper actors, this worker) was started (no
+    report: that would add a checkpoint)."""
+    entry = time.time()
+    import psutil
+
+    started: dict[str, list[float]] = {}
+    for proc in psutil.Process().parent().children():
+        with contextlib.suppress(psutil.Error):
+            title = " ".join(proc.cmdline()).strip()  # Ray's title: "ray::<Actor>.<method>"
+            if title.startswith("ray::"):
+                name = title.removeprefix("ray::").split(".")[0].split()[0]
+                started.setdefault(name, []).append(proc.create_time())
+    Path(config["marks"], f"{os.getpid()}.json").write_text(
+        json.dumps({"entry": entry, "scan_s": time.time() - entry, "started": started}))
 
 
 def _fit(params: Params, worker: Callable[[dict[str, Any]], None],
@@ -263,19 +279,23 @@ def ray_run(params: Params, images: np.ndarray, labels: np.ndarray, warmup: int,
             "fit_total_s": m["fit_end"] - m["fit_start"]}
 
 
-def empty_fit_run(params: Params) -> dict[str, float]:
-    """An empty fit in the ray_1x2 layout in a fresh Ray: Ray Train's floor (seconds)."""
+def empty_fit_run(params: Params) -> dict[str, Any]:
+    """An empty fit in the ray_1x2 layout in a fresh Ray: Ray Train's floor (seconds), and
+    when each Ray process it used was started, relative to fit() (< 0: started by ray.init)."""
     marks_dir = Path(tempfile.mkdtemp(prefix="rgf-marks-"))
     try:
         _, m = _fit(params, _empty_worker, lambda: {"marks": str(marks_dir)},
                     *LAYOUTS["ray_1x2"])
-        entries = [float(p.read_text()) for p in marks_dir.glob("*.t")]
+        marks = [json.loads(p.read_text()) for p in marks_dir.glob("*.json")]
     finally:
         shutil.rmtree(marks_dir, ignore_errors=True)
-    last = max(entries)  # the fit can only train once every worker is in
+    last = max(mark["entry"] for mark in marks)  # the fit can only train once every worker is in
+    started = {name: round(min(times) - m["fit_start"], 2)
+               for name, times in marks[0]["started"].items()}
     return {"ray_init_s": m["init_s"], "empty_fit_s": m["fit_end"] - m["fit_start"],
             "fit_start_to_workers_entry_s": last - m["fit_start"],
-            "workers_return_to_fit_end_s": m["fit_end"] - last}
+            "workers_return_to_fit_end_s": m["fit_end"] - last,
+            "process_started_s": dict(sorted(started.items(), key=lambda kv: kv[1]))}
 
 
 def summary(values: list[float], digits: int = 1) -> dict[str, Any]:
@@ -324,6 +344,8 @@ def print_summary(r: dict[str, Any]) -> None:
           f"fit {mm(s['empty_fit_s'], ' s')} [start -> workers in "
           f"{mm(s['empty_fit_start_to_workers_entry_s'], ' s')}, return -> end "
           f"{mm(s['empty_fit_workers_return_to_end_s'], ' s')}]")
+    print("  its processes, started at fit() + " + ", ".join(
+        f"{name} {mm(t, ' s')}" for name, t in s["empty_fit_process_started_s"].items()))
 
 
 def main() -> None:
@@ -355,7 +377,7 @@ def main() -> None:
                "empty_fit": functools.partial(empty_fit_run, params)}
     # Interleaved rounds: a load spike from other processes hits every contender alike.
     gemm: list[float] = []
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
     order: list[dict[str, Any]] = []
     for i in range(args.repeats):
         gemm.append(gemm_gflops(args.gemm_n, args.gemm_repeats))
@@ -377,7 +399,7 @@ def main() -> None:
     med = {name: c["images_per_s"]["median"] for name, c in contenders.items()}
     ray_, empty = runs["ray_1x2"], runs["empty_fit"]
 
-    def seconds(rs: list[dict[str, float]], key: str) -> dict[str, Any]:
+    def seconds(rs: list[dict[str, Any]], key: str) -> dict[str, Any]:
         return summary([r[key] for r in rs], 2)
 
     result = {
@@ -419,9 +441,17 @@ def main() -> None:
             "empty_fit_s": seconds(empty, "empty_fit_s"),
             "empty_fit_start_to_workers_entry_s": seconds(empty, "fit_start_to_workers_entry_s"),
             "empty_fit_workers_return_to_end_s": seconds(empty, "workers_return_to_fit_end_s"),
+            # Where the floor goes: Ray Train starts its helpers one after another, each a new
+            # Python process that imports Ray (and the worker torch) before the next can start.
+            "empty_fit_process_started_s": {
+                name: summary([r["process_started_s"][name] for r in empty
+                               if name in r["process_started_s"]], 2)
+                for name in empty[0]["process_started_s"]},
             "explanation": "total_s = ray.init + ray.put + fit() start -> first step; the empty "
                            "fit (fresh Ray, a worker that returns at once) is Ray Train's floor: "
-                           "start -> every worker in, then worker return -> fit() returns"},
+                           "start -> every worker in, then worker return -> fit() returns; "
+                           "empty_fit_process_started_s: when each Ray process the empty fit "
+                           "used was started, seconds after fit() (< 0: by ray.init)"},
         "runs_in_order": order,
         "load_average_1min_after": round(os.getloadavg()[0], 2),
     }

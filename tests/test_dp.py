@@ -211,6 +211,23 @@ def test_epsilon_every_epoch_rises_to_the_target(tmp_path: Path, digits_arrays, 
     assert independent.get_epsilon(1e-5) == eps[-1]
 
 
+def test_more_d_steps_per_g_step_spend_the_budget_per_d_step(tmp_path: Path, digits_arrays,
+                                                             one_thread) -> None:
+    # Bie et al. 2023's fix for DP GANs, n_critic D steps per G step: every batch is a D step
+    # the accountant counts and the noise was calibrated for; G steps on every third batch.
+    base = dp_config()
+    cfg = WorkerConfig(model=base.model, train=base.train.model_copy(update={"n_critic": 3}),
+                       seed=0)
+    hooks = LocalHooks(tmp_path / "ckpt")
+    last = train_worker(cfg, *digits_arrays, hooks)
+    assert [r["dp_steps"] for r in hooks.reports] == [6, 12, 18]
+    assert 3.9 < last["dp_epsilon"] <= 4.0
+    state = load_checkpoint(tmp_path / "ckpt" / "epoch_003" / STATE_FILE)
+    adam_steps = {name: {int(s["step"]) for s in state[name]["state"].values()}
+                  for name in ("opt_d", "opt_g")}
+    assert adam_steps == {"opt_d": {18}, "opt_g": {6}}
+
+
 def test_resume_continues_the_accountant(tmp_path: Path, digits_arrays, one_thread) -> None:
     straight = LocalHooks(tmp_path / "straight")
     train_worker(dp_config(), *digits_arrays, straight)
