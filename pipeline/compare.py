@@ -4,7 +4,8 @@
 experiments of this pipeline that is ~30 columns, so at 160 columns every cell is `…`. This
 reads `dvc exp show --json` and prints one row per run with the numbers that say which run is
 better (domain FID beside its real-vs-real floor, precision, recall, Inception FID, detector
-AUC/AP, epochs, training time) and the params that differ between the rows:
+AUC, leave-one-out AP, the privacy audit's best attack and TSTR, epochs, training time) and the
+params that differ between the rows:
 
     make compare            # or: python -m pipeline.compare
 
@@ -44,6 +45,8 @@ COLUMNS = (
     Column("FID-Inc", r"fid_inception_(\d+k?)", ".4g"),
     Column("det AUC", r"detector_auc()", ".4f"),
     Column("LOO AP", r"leave_one_out\.mean_ap()", ".3f"),
+    Column("MIA", rf"families\.{re.escape(DEFAULT_FAMILY)}\.best_tpr_at_1pct_fpr()", ".3f"),
+    Column("TSTR", rf"tstr\.families\.{re.escape(DEFAULT_FAMILY)}\.tstr_over_trtr()", ".3f"),
     Column("epochs", r"epoch()", "d"),
     Column("train s", r"total_seconds()", ".0f"),
 )
@@ -54,6 +57,9 @@ FID, floor, prec(ision), recall: generated vs real images in the domain feature 
   recall higher. FID-Inc: FID with Inception-v3 features. det AUC: the shipped real-vs-fake
   detector on held-out images of every zoo family (metrics/detector.json; its AP there too). LOO
   AP: a detector tested on the family it never saw, mean over families (metrics/crossgen.json).
+  MIA: the best membership attack's true-positive rate at 1 % false positives against the
+  default model (lower leaks less; chance is 0.01). TSTR: TSTR / TRTR, the test accuracy of a
+  classifier trained on its samples over one trained on as many real images (metrics/privacy.json).
   epochs, train s: the default model's (metrics/dcgan/train.json). Right of |: the params that
   differ between the rows. Every metric: dvc exp show; dvc metrics diff."""
 

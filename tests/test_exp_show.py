@@ -29,7 +29,7 @@ import json, os, yaml
 p = yaml.safe_load(open("params.yaml"))
 scale = 2 / p["train"]["epochs"] * 16 / p["model"]["g_features"]
 os.makedirs("metrics", exist_ok=True)
-for name in ("quality", "detector", "train", "featurenet", "data", "crossgen"):
+for name in ("quality", "detector", "train", "featurenet", "data", "crossgen", "privacy"):
     m = json.load(open(f"committed/{name}.json"))
     for k, v in m.items():
         if isinstance(v, float) and k.startswith("fid_domain_") and "floor" not in k:
@@ -51,7 +51,7 @@ DVC_YAML = {"stages": {"run": {
     "params": ["train", "model", "evaluate"],
     "outs": [{"metrics/data.json": {"cache": False}}],  # the data report: not a metric
     "metrics": [{f"metrics/{n}.json": {"cache": False}}
-                for n in ("featurenet", "train", "quality", "detector", "crossgen")],
+                for n in ("featurenet", "train", "quality", "detector", "crossgen", "privacy")],
 }}}
 
 
@@ -67,7 +67,7 @@ def two_experiments(tmp_path_factory):
     repo = tmp_path_factory.mktemp("exps") / "repo"
     (repo / "committed").mkdir(parents=True)
     committed = {"train": "dcgan/train"}  # the default model's, one per zoo family
-    for name in ("quality", "detector", "train", "featurenet", "data", "crossgen"):
+    for name in ("quality", "detector", "train", "featurenet", "data", "crossgen", "privacy"):
         text = (REPO / "metrics" / f"{committed.get(name, name)}.json").read_text()
         (repo / "committed" / f"{name}.json").write_text(text)
     params = yaml.safe_load((REPO / "params.yaml").read_text())  # the real params tree
@@ -101,7 +101,7 @@ def test_make_compare_shows_both_experiments_key_metrics_in_160_columns(two_expe
     quality = json.loads((REPO / "metrics" / "quality.json").read_text())
     size = next(m.group(1) for k in quality if (m := re.fullmatch(r"fid_domain_(\d+k?)", k)))
     for column in (f"FID {size}", f"floor {size}", f"recall {size}", "det AUC", "LOO AP",
-                   "train.epochs", "model.g_features", "train.lr_g"):
+                   "MIA", "TSTR", "train.epochs", "model.g_features", "train.lr_g"):
         assert column in header, (column, header)
     assert "class_counts" not in out and "T-shirt" not in out
     rows = {line.split()[0]: line.split() for line in lines[2:6]}
@@ -136,6 +136,16 @@ def test_table_marks_sizes_that_differ_and_leaves_out_absent_metrics():
     assert "FID-Inc" not in header and "recall" not in header  # nobody has them
     assert "train.epochs" in header and "seed" not in header  # only params that differ
     assert "0.9993" in out
+
+
+def test_privacy_columns_are_the_default_models_not_another_familys():
+    metrics = {"families.dcgan-n256.best_tpr_at_1pct_fpr": 0.047,
+               "families.dcgan.best_tpr_at_1pct_fpr": 0.019,
+               "tstr.families.cdcgan-dp.tstr_over_trtr": 0.628,
+               "tstr.families.dcgan.tstr_over_trtr": 0.8969}
+    header, _, row, *_ = table([Run("workspace", metrics, {})]).splitlines()
+    assert header.split() == ["run", "MIA", "TSTR"]
+    assert row.split() == ["workspace", "0.019", "0.897"]
 
 
 def test_runs_from_json_names_baselines_experiments_and_failures():
