@@ -223,7 +223,7 @@ def _empty_worker(config: dict[str, Any]) -> None:
                 name = title.removeprefix("ray::").split(".")[0].split()[0]
                 started.setdefault(name, []).append(proc.create_time())
     Path(config["marks"], f"{os.getpid()}.json").write_text(
-        json.dumps({"entry": entry, "scan_s": time.time() - entry, "started": started}))
+        json.dumps({"entry": entry, "started": started}))
 
 
 def _fit(params: Params, worker: Callable[[dict[str, Any]], None],
