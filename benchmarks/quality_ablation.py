@@ -86,6 +86,13 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "cond_ema_995": _cond(ema_decay=0.995),
     "cond_ema_99": _cond(ema_decay=0.99),
     "cond_b32_ema": _cond(batch_size=32, ema_decay=0.999),
+    # Against G's samples being more alike than real images are (recall, TSTR): mode seeking
+    # (MSGAN's weight 1, lighter and heavier ones), alone and with the EMA that raised TSTR.
+    "cond_ms": _cond(mode_seeking=1.0),
+    "cond_ms_03": _cond(mode_seeking=0.3),
+    "cond_ms_ema_99": _cond(mode_seeking=1.0, ema_decay=0.99),
+    "cond_ms3_ema_99": _cond(mode_seeking=3.0, ema_decay=0.99),
+    "cond_ms10_ema_99": _cond(mode_seeking=10.0, ema_decay=0.99),
 }
 # channels_last changes speed, not what a step computes: it is measured in train_throughput.py.
 
@@ -94,8 +101,10 @@ class TimeUp(Exception):
     pass
 
 
-def train_variant(name: str, seconds: float, steps_per_epoch: int, out: str) -> dict[str, Any]:
-    """Train one variant for ~`seconds` of CPU time on 1 thread; write its generator to `out`."""
+def train_variant(name: str, seconds: float, steps_per_epoch: int, out: str,
+                  seed: int | None = None) -> dict[str, Any]:
+    """Train one variant for ~`seconds` of CPU time on 1 thread, from `seed` (None: params.yaml's
+    seed); write its generator to `out`."""
     import shutil
 
     import torch
@@ -124,7 +133,8 @@ def train_variant(name: str, seconds: float, steps_per_epoch: int, out: str) -> 
         if time.process_time() - start > seconds:
             raise TimeUp
 
-    cfg = WorkerConfig(model=model, train=train, seed=params.seed)
+    seed = params.seed if seed is None else seed
+    cfg = WorkerConfig(model=model, train=train, seed=seed)
     with contextlib.suppress(TimeUp):  # the budget is spent: keep the last checkpoint
         train_worker(cfg, arrays.images, arrays.labels, arrays.class_names, Hooks(report=report))
     state = load_checkpoint(keep / STATE_FILE)
@@ -137,7 +147,7 @@ def train_variant(name: str, seconds: float, steps_per_epoch: int, out: str) -> 
     return {"cpu_seconds": round(time.process_time() - start, 1),
             "wall_seconds": round(time.perf_counter() - wall, 1), "steps": state["step"],
             "images_per_s": float(np.median([h["images_per_s"] for h in history])),
-            "model": model_over, "train": train_over}
+            "model": model_over, "train": train_over, "seed": seed}
 
 
 def score(generator: str, n: int) -> dict[str, Any]:
@@ -198,11 +208,17 @@ def trtr_accuracy() -> float:
                 len(train.class_names), _tstr_spec(), torch.device("cpu"))
 
 
-def _worker(name: str, seconds: float, steps: int, out: str, queue: mp.Queue) -> None:
+def _worker(name: str, seconds: float, steps: int, out: str, seed: int | None,
+            queue: mp.Queue) -> None:
     try:
-        queue.put((name, train_variant(name, seconds, steps, out)))
+        queue.put((name, train_variant(name, seconds, steps, out, seed)))
     except Exception as exc:  # noqa: BLE001 - reported in the results
         queue.put((name, {"error": f"{type(exc).__name__}: {exc}"}))
+
+
+def row_name(name: str, seed: int | None) -> str:
+    """A result's key: the variant's name, `name@seed<k>` when trained from another seed."""
+    return name if seed is None else f"{name}@seed{seed}"
 
 
 def main() -> None:
@@ -213,6 +229,8 @@ def main() -> None:
     parser.add_argument("--steps-per-epoch", type=int, default=100)
     parser.add_argument("--n", type=int, default=10_000, help="fakes and real images scored")
     parser.add_argument("--only", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--seed", type=int, default=None,
+                        help="train from this seed instead of params.yaml's (rows name@seed<k>)")
     parser.add_argument("--merge", action="store_true",
                         help="add to --out's variants instead of replacing them")
     parser.add_argument("--out", type=Path,
@@ -227,18 +245,20 @@ def main() -> None:
             queue: mp.Queue = ctx.Queue()
             batch = names[i : i + args.parallel]
             procs = [ctx.Process(target=_worker, args=(n, args.seconds, args.steps_per_epoch,
-                                                       f"{tmp}/{n}.pt", queue)) for n in batch]
+                                                       f"{tmp}/{n}.pt", args.seed, queue))
+                     for n in batch]
             for p in procs:
                 p.start()
             for _ in batch:
                 name, info = queue.get(timeout=args.seconds * 4 + 600)
-                results[name] = info
+                results[row_name(name, args.seed)] = info
             for p in procs:
                 p.join()
             for name in batch:
-                if "error" not in results[name]:
-                    results[name]["quality"] = score(f"{tmp}/{name}.pt", args.n)
-                print(name, json.dumps(results[name]), flush=True)
+                row = row_name(name, args.seed)
+                if "error" not in results[row]:
+                    results[row]["quality"] = score(f"{tmp}/{name}.pt", args.n)
+                print(row, json.dumps(results[row]), flush=True)
 
     scored = [info["quality"] for info in results.values() if "tstr_accuracy" in
               info.get("quality", {})]

@@ -110,6 +110,10 @@ class TrainConfig(Section):
     # Exponential moving average of G's weights (Yazici et al. 2019); 0 = off. When on, the
     # EMA generator (BatchNorm statistics recomputed) is the one exported, sampled, evaluated.
     ema_decay: float = Field(0.0, ge=0, lt=1)
+    # Mode seeking (MSGAN, Mao et al. 2019): G also minimises this weight times
+    # 1 / (mean |G(z1) - G(z2)| / mean |z1 - z2|) over the two halves of its batch (same
+    # classes when conditional), against G mapping distinct z to one image; 0 = off.
+    mode_seeking: float = Field(0.0, ge=0)
     # What G learns from: the prepared `train` split, or `val` (disjoint from train and test:
     # the privacy audit's reference model, pipeline/privacy). num_images: the first n of a
     # seeded permutation of it (the audit's size sweep); null = all of it.
@@ -136,7 +140,7 @@ ARCH_PRESETS: dict[str, dict[str, tuple[Any, list[Any] | None]]] = {
     # Kingma & Welling 2014: no discriminator, so no D-only techniques; unconditional only.
     "vae": {"train.loss": ("elbo", ["elbo"]), "train.n_critic": (1, [1]),
             "model.conditional": (False, [False]), "model.d_conditioning": ("plane", ["plane"]),
-            "train.r1_gamma": (0.0, [0.0]),
+            "train.r1_gamma": (0.0, [0.0]), "train.mode_seeking": (0.0, [0.0]),
             "train.diffaugment": ([], [[]])},
 }
 
@@ -396,6 +400,9 @@ class Params(Section):
                 f"train.batch_size: must be divisible by ray.num_workers "
                 f"({workers}), got {self.train.batch_size}"
             )
+        if self.train.mode_seeking and self.train.loss == "wgan-gp" and self.model.conditional:
+            raise ValueError("train.mode_seeking: not with a conditional wgan-gp, whose fakes "
+                             "take the real batch's labels (its pairs need one class each)")
         self._check_zoo()
         self._check_dp()
         if self.evaluate.kid_subset_size > self.evaluate.num_samples:

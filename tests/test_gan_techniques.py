@@ -18,7 +18,8 @@ from pipeline.models import build_models, load_checkpoint
 from pipeline.train.augment import color, cutout, diff_augment, translation
 from pipeline.train.ema import GeneratorEMA
 from pipeline.train.loop import STATE_FILE, LocalHooks, WorkerConfig, train_worker
-from pipeline.train.objective import d_loss, g_loss, r1_penalty
+from pipeline.train.objective import d_loss, g_loss, mode_seeking_loss, r1_penalty
+from pipeline.train.steps import GanStep
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -95,6 +96,58 @@ def test_r1_of_a_linear_critic_is_gamma_half_norm_squared() -> None:
         5.0 * float(w.pow(2).sum()), rel=1e-5)
 
 
+def test_mode_seeking_is_the_inverse_image_gap_per_latent_gap() -> None:
+    z = torch.zeros(5, 4)
+    z[2:4] = 0.5  # pairs (0, 2) and (1, 3): |z1 - z2| = 0.5 everywhere; row 4 is left out
+    images = torch.zeros(5, 1, 3, 3)
+    images[2:4] = 0.25
+    images[4] = 100.0  # the odd row: not in any pair
+    assert mode_seeking_loss(images, z).item() == pytest.approx(1 / (0.25 / 0.5 + 1e-5))
+    with pytest.raises(ValueError, match="at least 2"):
+        mode_seeking_loss(images[:1], z[:1])
+
+
+class _LabelSpy(nn.Module):
+    """A conditional G that records the labels of every call."""
+
+    def __init__(self, G: nn.Module) -> None:
+        super().__init__()
+        self.G, self.num_classes, self.seen = G, G.num_classes, []
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.seen.append(labels.clone())
+        return self.G(z, labels)
+
+
+def _pair_gap(weight: float, steps: int = 6) -> tuple[float, list[torch.Tensor]]:
+    """Mean |G(z1, c) - G(z2, c)| of a tiny conditional G after `steps` GAN steps with
+    mode seeking at `weight` (same init, data and noise for every weight), and its labels."""
+    torch.manual_seed(0)
+    G, D = build_models({"latent_dim": 8, "g_features": 8, "d_features": 8,
+                         "conditional": True, "d_conditioning": "projection"}, (1, 28, 28), 10)
+    spy = _LabelSpy(G)
+    step = GanStep(spy, D, torch.optim.Adam(G.parameters(), 1e-2, betas=(0.5, 0.999)),
+                   torch.optim.Adam(D.parameters(), 1e-3, betas=(0.5, 0.999)), loss="ns",
+                   latent_dim=8, noise=gen(1), device=torch.device("cpu"), num_classes=10,
+                   mode_seeking=weight)
+    real = torch.rand(32, 1, 28, 28, generator=gen(2)) * 2 - 1
+    labels = torch.randint(0, 10, (32,), generator=gen(3))
+    for _ in range(steps):
+        step(real, labels)
+    z, c = torch.randn(2, 256, 8, generator=gen(4)), torch.randint(0, 10, (256,), generator=gen(5))
+    with torch.no_grad():
+        return float((G(z[0], c) - G(z[1], c)).abs().mean()), spy.seen
+
+
+def test_mode_seeking_pairs_one_class_and_spreads_g() -> None:
+    plain, plain_labels = _pair_gap(0.0)
+    seeking, labels = _pair_gap(10.0)
+    for seen in labels:  # every fake batch: rows i and i + 16 share a class
+        assert torch.equal(seen[:16], seen[16:])
+    assert not all(torch.equal(seen[:16], seen[16:]) for seen in plain_labels)
+    assert seeking > 1.5 * plain, (seeking, plain)  # distinct z, more distinct images
+
+
 # -- EMA ------------------------------------------------------------------------------------------
 def test_ema_follows_the_formula_with_warm_up() -> None:
     model = nn.Linear(3, 2)
@@ -166,7 +219,7 @@ def _cfg(epochs: int, conditional: bool = False) -> WorkerConfig:
         model=ModelConfig(latent_dim=16, g_features=8, d_features=8, g_upsample="resize",
                           d_norm="spectral", conditional=conditional, embed_dim=4),
         train=TrainConfig(epochs=epochs, batch_size=32, max_steps_per_epoch=4, grid_size=16,
-                          loss="hinge", r1_gamma=1.0, ema_decay=0.99,
+                          loss="hinge", r1_gamma=1.0, ema_decay=0.99, mode_seeking=1.0,
                           diffaugment=["color", "translation", "cutout"]),
         seed=0)
 

@@ -137,7 +137,7 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
               latent_dim: int, num_classes: int, noise: torch.Generator, device: torch.device,
               precision: str = "fp32", loss: str = "ns", r1_gamma: float = 0.0,
               diffaugment: Sequence[str] = (), ema: GeneratorEMA | None = None,
-              max_steps: int | None = None, step: int = 0, check_every: int = 25,
+              mode_seeking: float = 0.0, max_steps: int | None = None, step: int = 0, check_every: int = 25,
               on_step: Callable[[int, int], None] | None = None, n_critic: int = 1,
               dp: PrivateDiscriminator | None = None) -> tuple[dict[str, float], int]:
     """One epoch of training; returns (rank-averaged means, global step).
@@ -145,7 +145,7 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
     `loss` is `ns`, `hinge` or `wgan-gp` (a GAN step, `steps.GanStep`) or `elbo` (a VAE step:
     G is the decoder, D the encoder); `r1_gamma` > 0 adds the R1 penalty to D's loss;
     `diffaugment` names DiffAugment policies applied before every D forward; `ema`, if given,
-    is updated after every G step. A step is one batch: it updates D, and every `n_critic`-th
+    is updated after every G step; `mode_seeking` > 0 adds MSGAN's term to G's loss. A step is one batch: it updates D, and every `n_critic`-th
     step (the epoch's first included) G too; `dp` makes D's updates DP-SGD (`loader` then
     yields its Poisson batches, `PrivateDiscriminator.epoch_batches`). `loader` yields device
     batches; `noise` is a generator on `device`. The per-step statistics stay on the device;
@@ -160,7 +160,8 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
     else:
         train_step = GanStep(G, D, opt_g, opt_d, loss=loss, latent_dim=latent_dim, noise=noise,
                              device=device, num_classes=num_classes, precision=precision,
-                             r1_gamma=r1_gamma, diffaugment=diffaugment, ema=ema, dp=dp)
+                             r1_gamma=r1_gamma, diffaugment=diffaugment, ema=ema,
+                             mode_seeking=mode_seeking, dp=dp)
     stats = RunningStats(device, check_every)
     steps = 0
     for real, labels in loader:
@@ -287,7 +288,8 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
             num_classes=num_classes if cfg.model.conditional else 0,
             noise=_epoch_noise(cfg, epoch, rank, device), device=device, precision=precision,
             loss=cfg.train.loss, r1_gamma=cfg.train.r1_gamma, diffaugment=cfg.train.diffaugment,
-            ema=ema, max_steps=cfg.train.max_steps_per_epoch, step=step,
+            ema=ema, mode_seeking=cfg.train.mode_seeking,
+            max_steps=cfg.train.max_steps_per_epoch, step=step,
             check_every=cfg.check_every, on_step=hooks.on_step, n_critic=cfg.train.n_critic or 1,
             dp=dp)
         seconds = time.perf_counter() - t0

@@ -11,6 +11,8 @@
   `vae_reconstruction` (Bernoulli) + `vae_kl` (closed form against N(0, I)).
 - R1 (Mescheder et al. 2018, "Which training methods for GANs do actually converge?"):
   gamma / 2 * E ||grad_x D(x)||^2 on real images, added to D's loss.
+- Mode seeking (Mao et al. 2019, "Mode Seeking GANs", `train.mode_seeking`): G's batch in two
+  halves z1, z2; 1 / (mean |G(z1) - G(z2)| / mean |z1 - z2| + 1e-5), added to G's loss.
 
 The GAN losses take D's logits (B,) (a critic's scores for wgan-gp) and return a float32
 scalar.
@@ -51,6 +53,18 @@ def r1_penalty(logits_real: torch.Tensor, real: torch.Tensor, gamma: float) -> t
     The gradient keeps its graph, so D's backward also trains against the penalty."""
     (grad,) = torch.autograd.grad(logits_real.float().sum(), real, create_graph=True)
     return 0.5 * gamma * grad.pow(2).flatten(1).sum(1).mean()
+
+
+def mode_seeking_loss(images: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """MSGAN's term over a batch's halves paired row by row, images (B, ...) from z (B, latent):
+    the inverse of how far the images move per unit of z (mean absolute differences); B >= 2,
+    an odd last row is left out. Small when distinct noise gives distinct images."""
+    half = images.size(0) // 2
+    if half == 0:
+        raise ValueError("mode seeking needs a batch of at least 2 images")
+    image_gap = (images[:half].float() - images[half:2 * half].float()).abs().mean()
+    z_gap = (z[:half].float() - z[half:2 * half].float()).abs().mean()
+    return 1.0 / (image_gap / z_gap + eps)
 
 
 GP_LAMBDA = 10.0  # Gulrajani et al. 2017, Algorithm 1

@@ -33,6 +33,7 @@ from pipeline.train.objective import (
     d_loss_terms,
     g_loss,
     gradient_penalty,
+    mode_seeking_loss,
     r1_penalty,
     vae_kl,
     vae_reconstruction,
@@ -64,13 +65,14 @@ class GanStep:
                  noise: torch.Generator, device: torch.device, num_classes: int = 0,
                  precision: str = "fp32", r1_gamma: float = 0.0,
                  diffaugment: Sequence[str] = (), ema: GeneratorEMA | None = None,
-                 dp: PrivateDiscriminator | None = None) -> None:
+                 mode_seeking: float = 0.0, dp: PrivateDiscriminator | None = None) -> None:
         self.G, self.D, self.opt_g, self.opt_d, self.dp = G, D, opt_g, opt_d, dp
         self.loss, self.latent_dim, self.noise, self.device = loss, latent_dim, noise, device
         self.num_classes = num_classes
         self.conditional = num_classes > 0 and getattr(unwrap(G), "num_classes", 0) > 0
         self.precision, self.r1_gamma, self.diffaugment, self.ema = (
             precision, r1_gamma, diffaugment, ema)
+        self.mode_seeking = mode_seeking
         self.loss_g: torch.Tensor | None = None  # the last G step's, logged on critic steps
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,6 +88,9 @@ class GanStep:
         # batch's labels there; other GANs draw their fakes' labels uniformly.
         fake_labels = (labels if wgan else torch.randint(
             0, self.num_classes, (b,), generator=noise, device=device)) if cond else None
+        if self.mode_seeking and cond and not wgan:  # its pairs (i, i + B/2): one class each
+            half = b // 2
+            fake_labels[half:2 * half] = fake_labels[:half]
 
         # (1) Update D: tell real from G(z). Real and fake go through D in separate forwards
         # (as in the DCGAN paper's code): D's BatchNorm then normalises each batch by its own
@@ -128,9 +133,11 @@ class GanStep:
                     fake_in = self.augment(fake.to(real.dtype))
                     logits_g = D(fake_in, fake_labels) if cond else D(fake_in)  # (B,)
                     loss_g = g_loss(self.loss, logits_g)
+                    total_g = (loss_g + self.mode_seeking * mode_seeking_loss(fake, z)
+                               if self.mode_seeking else loss_g)  # loss_g is what is logged
                 self.opt_g.zero_grad(set_to_none=True)
                 with _no_sync(D):
-                    loss_g.backward()
+                    total_g.backward()
             self.opt_g.step()
             if self.ema is not None:
                 self.ema.update(unwrap(G))
