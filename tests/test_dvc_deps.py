@@ -110,3 +110,19 @@ def test_stage_depends_on_no_pipeline_code_it_never_imports(name: str) -> None:
         files = sorted((REPO / dep).rglob("*.py")) if (REPO / dep).is_dir() else [REPO / dep]
         unused += [str(f.relative_to(REPO)) for f in files if f.relative_to(REPO) not in used]
     assert not unused, f"dvc.yaml stage {name}: depends on code it never imports: {unused}"
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_stage_depends_on_the_mlflow_runs_it_logs_into(name: str) -> None:
+    # A retrain that computes the same weights still opens a new MLflow run (its run.json
+    # changes): every stage that logs into a model's run, or links it, must then run again,
+    # or the new run misses its metrics.
+    words = stages()[name]["cmd"].split()  # train writes its run.json: an out, not a dep
+    runs = [Path(words[i + 1]) for i, w in enumerate(words[:-1]) if w == "--run"]
+    runs += [Path(words[i + 1]) / "run.json" for i, w in enumerate(words[:-1])
+             if w == "--models"]
+    stage = stages()[name]
+    outs = [Path(next(iter(o)) if isinstance(o, dict) else o) for o in stage.get("outs", [])]
+    deps = dep_paths(stage)
+    missing = [str(r) for r in runs if not covered(r, deps) and not covered(r, outs)]
+    assert not missing, f"dvc.yaml stage {name}: add deps {missing}"

@@ -195,6 +195,32 @@ def test_tstr_refuses_an_unconditional_generator(digits):
              TstrSpec(10, 1, 8, 1e-3, 8, 0), "cpu")
 
 
+def test_tstr_spec_takes_the_privacy_params_and_caps_at_the_real_images():
+    raw = {"seed": 7, "privacy": {"tstr_num_train": 500, "tstr_epochs": 2,
+                                  "tstr_batch_size": 32, "tstr_lr": 0.002, "tstr_width": 16}}
+    params = parse_params(raw)
+    assert TstrSpec.from_params(params, 10_000) == TstrSpec(500, 2, 32, 0.002, 16, 7)
+    assert TstrSpec.from_params(params, 300).num_train == 300  # as many as the real images
+
+
+def test_size_curve_draws_every_attack_of_every_family(tmp_path):
+    from PIL import Image
+
+    from pipeline.privacy.plots import size_curve
+
+    def attack(auc):
+        return {"auc": auc, "auc_ci95": [auc - 0.05, auc + 0.05], "tpr_at_1pct_fpr": auc / 20}
+
+    families = {name: {"num_train_images": n, "attacks": {"white_box_d": attack(a),
+                                                          "black_box_pixel_calibrated": attack(b)}}
+                for name, n, a, b in (("big", 50_000, 0.5, 0.51), ("small", 256, 0.7, 0.55))}
+    size_curve(families, tmp_path / "size_curve.png")
+    with Image.open(tmp_path / "size_curve.png") as img:
+        assert img.format == "PNG" and img.size == (1320, 506)  # 12 x 4.6 in at 110 dpi
+        assert np.asarray(img.convert("L")).std() > 10  # drawn, not blank
+    assert list(tmp_path.iterdir()) == [tmp_path / "size_curve.png"]  # written atomically
+
+
 # --- params -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,9 @@
   Carlini et al. 2022), chance as the diagonal;
 - `memorisation_<family>.png`: generated samples closest to a training image, beside that
   training image and the nearest test image, with both distances;
-- `size_curve.png`: best attack AUC and TPR at 1 % FPR against the training-set size.
+- `size_curve.png`: every attack's AUC (with its 95 % interval) and TPR at 1 % FPR, per audited
+  family in order of its training-set size: each attack on its own, since at a few hundred
+  queries the best one by TPR is mostly the luckiest.
 """
 
 from __future__ import annotations
@@ -75,18 +77,29 @@ def memorisation_grid(columns: tuple[np.ndarray, np.ndarray, np.ndarray],
 
 
 def size_curve(families: dict[str, dict[str, Any]], path: str | os.PathLike[str]) -> None:
+    """One slot per family (sorted by n, named with it), every attack side by side in it."""
     plt = _pyplot()
     rows = sorted(families.items(), key=lambda kv: kv[1]["num_train_images"])
-    n = [r["num_train_images"] for _, r in rows]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.plot(n, [r["best_auc"] for _, r in rows], "o-", label="best attack AUC")
-    ax.plot(n, [r["best_tpr_at_1pct_fpr"] for _, r in rows], "s-",
-            label="best attack TPR at 1 % FPR")
-    for (name, _), x, y in zip(rows, n, [r["best_auc"] for _, r in rows], strict=True):
-        ax.annotate(name, (x, y), fontsize=7, textcoords="offset points", xytext=(3, 4))
-    ax.axhline(0.5, color="gray", lw=0.8, ls=":")
-    ax.axhline(0.01, color="gray", lw=0.8, ls=":")
-    ax.set(xscale="log", ylim=(0, 1.02), xlabel="training images of G (n)",
-           ylabel="membership inference", title="Leakage against training-set size")
-    ax.legend(fontsize=8)
+    attacks = list(rows[0][1]["attacks"])
+    fig, (ax_auc, ax_tpr) = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)
+    width = 0.8 / len(attacks)
+    for k, attack in enumerate(attacks):
+        x = np.arange(len(rows)) + (k - (len(attacks) - 1) / 2) * width
+        res = [r["attacks"][attack] for _, r in rows]
+        auc = np.array([a["auc"] for a in res])
+        lo, hi = (np.array([a["auc_ci95"][i] for a in res]) for i in (0, 1))
+        style = {"ls": "none", "marker": "o" if attack.endswith("_calibrated") else "s",
+                 "ms": 4, "label": attack}
+        ax_auc.errorbar(x, auc, yerr=[auc - lo, hi - auc], capsize=2, **style)
+        ax_tpr.plot(x, [a["tpr_at_1pct_fpr"] for a in res], **style)
+    names = [f"{name}\nn = {r['num_train_images']:,}" for name, r in rows]
+    for ax, chance, label in ((ax_auc, 0.5, "AUC (95 % interval)"),
+                              (ax_tpr, 0.01, "TPR at 1 % FPR")):
+        ax.axhline(chance, color="gray", lw=0.8, ls=":")
+        ax.set_xticks(np.arange(len(rows)), names, fontsize=7)
+        ax.set(ylabel=label, xlabel="audited model and its training images (chance dotted)")
+    ax_auc.set(ylim=(0.3, 1.02), title="Membership inference against training-set size")
+    ax_tpr.set(ylim=(0, max(0.1, ax_tpr.get_ylim()[1])), title="Low-FPR view")
+    ax_tpr.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
     _save(fig, path)

@@ -94,9 +94,7 @@ def tstr_table(inp: AuditInputs, params: Params, train: Split, test: Split,
     pc = params.privacy
     if not pc.tstr:
         return {}
-    # As many samples as real images: TSTR and TRTR train on equal counts.
-    spec = TstrSpec(min(pc.tstr_num_train, len(train.images)), pc.tstr_epochs,
-                    pc.tstr_batch_size, pc.tstr_lr, pc.tstr_width, params.seed)
+    spec = TstrSpec.from_params(params, len(train.images))
     real_test = (test.images, test.labels)
     baseline = trtr((train.images, train.labels), real_test, len(train.class_names), spec,
                     device)

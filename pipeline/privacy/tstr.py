@@ -10,7 +10,7 @@ the real test set; TSTR / TRTR is the share of real-data accuracy the samples ke
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ import torch
 from pipeline.errors import UserError
 from pipeline.generate import sample, split_seed
 from pipeline.metrics.featurenet import accuracy, train_featurenet
+
+if TYPE_CHECKING:
+    from pipeline.config import Params
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,14 @@ class TstrSpec:
     lr: float
     width: int
     seed: int
+
+    @classmethod
+    def from_params(cls, params: Params, num_real: int) -> TstrSpec:
+        """params.yaml's `privacy.tstr_*` recipe, with at most `num_real` training images (the
+        real training set's size): TSTR and TRTR train on equal counts."""
+        pc = params.privacy
+        return cls(min(pc.tstr_num_train, num_real), pc.tstr_epochs, pc.tstr_batch_size,
+                   pc.tstr_lr, pc.tstr_width, params.seed)
 
 
 def classifier_accuracy(train: tuple[np.ndarray, np.ndarray],

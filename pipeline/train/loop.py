@@ -137,7 +137,8 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
               latent_dim: int, num_classes: int, noise: torch.Generator, device: torch.device,
               precision: str = "fp32", loss: str = "ns", r1_gamma: float = 0.0,
               diffaugment: Sequence[str] = (), ema: GeneratorEMA | None = None,
-              mode_seeking: float = 0.0, max_steps: int | None = None, step: int = 0, check_every: int = 25,
+              mode_seeking: float = 0.0, max_steps: int | None = None, step: int = 0,
+              check_every: int = 25,
               on_step: Callable[[int, int], None] | None = None, n_critic: int = 1,
               dp: PrivateDiscriminator | None = None) -> tuple[dict[str, float], int]:
     """One epoch of training; returns (rank-averaged means, global step).
@@ -145,9 +146,10 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
     `loss` is `ns`, `hinge` or `wgan-gp` (a GAN step, `steps.GanStep`) or `elbo` (a VAE step:
     G is the decoder, D the encoder); `r1_gamma` > 0 adds the R1 penalty to D's loss;
     `diffaugment` names DiffAugment policies applied before every D forward; `ema`, if given,
-    is updated after every G step; `mode_seeking` > 0 adds MSGAN's term to G's loss. A step is one batch: it updates D, and every `n_critic`-th
-    step (the epoch's first included) G too; `dp` makes D's updates DP-SGD (`loader` then
-    yields its Poisson batches, `PrivateDiscriminator.epoch_batches`). `loader` yields device
+    is updated after every G step; `mode_seeking` > 0 adds MSGAN's term to G's loss. A step is
+    one batch: it updates D, and every `n_critic`-th step (the epoch's first included) G too;
+    `dp` makes D's updates DP-SGD (`loader` then yields its Poisson batches,
+    `PrivateDiscriminator.epoch_batches`). `loader` yields device
     batches; `noise` is a generator on `device`. The per-step statistics stay on the device;
     every `check_every` steps and at the end they are reduced across ranks (`RunningStats`),
     which raises `NonFiniteLossError` naming the epoch and step of the first NaN/inf loss on
