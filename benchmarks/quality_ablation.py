@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import multiprocessing as mp
 import platform
@@ -185,6 +186,7 @@ def _split(name: str) -> Split:
     return load_split(ROOT / "data" / "prepared" / f"{name}.npz")
 
 
+@functools.cache  # one read of train.npz per invocation, for its length
 def _tstr_spec() -> TstrSpec:
     """The audit stage's TSTR classifier recipe (params.yaml `privacy.tstr_*`)."""
     from pipeline.config import load_params

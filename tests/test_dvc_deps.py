@@ -71,8 +71,9 @@ def stage_script(stage: dict) -> Path:
     return scripts[0]
 
 
-def dep_paths(stage: dict) -> list[Path]:
-    return [Path(next(iter(d)) if isinstance(d, dict) else d) for d in stage.get("deps", [])]
+def dep_paths(stage: dict, key: str = "deps") -> list[Path]:
+    """The paths a stage lists under `key` (deps, or outs), with or without options."""
+    return [Path(next(iter(d)) if isinstance(d, dict) else d) for d in stage.get(key, [])]
 
 
 def covered(file: Path, deps: list[Path]) -> bool:
@@ -117,12 +118,11 @@ def test_stage_depends_on_the_mlflow_runs_it_logs_into(name: str) -> None:
     # A retrain that computes the same weights still opens a new MLflow run (its run.json
     # changes): every stage that logs into a model's run, or links it, must then run again,
     # or the new run misses its metrics.
-    words = stages()[name]["cmd"].split()  # train writes its run.json: an out, not a dep
+    stage = stages()[name]
+    words = stage["cmd"].split()
     runs = [Path(words[i + 1]) for i, w in enumerate(words[:-1]) if w == "--run"]
     runs += [Path(words[i + 1]) / "run.json" for i, w in enumerate(words[:-1])
              if w == "--models"]
-    stage = stages()[name]
-    outs = [Path(next(iter(o)) if isinstance(o, dict) else o) for o in stage.get("outs", [])]
-    deps = dep_paths(stage)
+    deps, outs = dep_paths(stage), dep_paths(stage, "outs")  # train writes its run.json
     missing = [str(r) for r in runs if not covered(r, deps) and not covered(r, outs)]
     assert not missing, f"dvc.yaml stage {name}: add deps {missing}"
