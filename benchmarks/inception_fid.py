@@ -10,8 +10,10 @@ Protocol, all sets of exactly N images, drawn with a seeded permutation (`--seed
                of this size score, i.e. what a perfect generator would get at this N.
 The features are the pipeline's own standard TF-Inception pool3 (`pipeline/metrics/features.py`,
 the weights DESIGN.md names) and the Frechet distance is `pipeline/metrics/frechet.py`; the
-evaluate stage itself uses N = 200 on a CPU (params.yaml `evaluate.inception.cpu_num_samples`).
-Writes benchmarks/results/inception_fid_<N>.json (`--out`). About 4 minutes at N = 1 000 here.
+evaluate stage computes them only when `evaluate.inception.enabled` (off in params.yaml's CPU
+profile, N = 10 000 in params-gpu.yaml).
+Writes benchmarks/results/inception_fid_<N>.json (`--out`). About 6 minutes at N = 1 000 here
+(3 000 images).
 """
 
 from __future__ import annotations
