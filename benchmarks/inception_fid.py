@@ -4,7 +4,10 @@ at the same N (issue 11's yardstick: the CEO's fresh-machine check used N = 1 00
     unshare -n sh -c 'ip link set lo up; .venv/bin/python benchmarks/inception_fid.py'
 
 Protocol, all sets of exactly N images, drawn with a seeded permutation (`--seed`):
-  * fake:      the first N of `--fake` (the generate stage's data/generated/eval.npz);
+  * fake:      the first N of `--fake` (the generate stage's data/generated/eval.npz); with
+               `--draws K`, also the next K - 1 disjoint N of the same permutation, each scored
+               against the same reference, for the spread one draw of fakes carries (the first
+               draw stays the headline `ratio_to_floor`, comparable with earlier files);
   * reference: N images of the TEST split (data/prepared/test.npz), never seen in training;
   * floor:     N images of the TRAIN split against the same reference: the FID two real samples
                of this size score, i.e. what a perfect generator would get at this N.
@@ -38,50 +41,67 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "data" / "generated" / "dcgan" / "eval.npz"  # the default model's
 
 
-def pick(images: np.ndarray, n: int, seed: int, where: str) -> np.ndarray:
-    if len(images) < n:
-        raise SystemExit(f"error: {where}: {len(images)} images, fewer than N={n}")
-    return images[np.random.default_rng(seed).permutation(len(images))[:n]]
+def pick(images: np.ndarray, n: int, seed: int, where: str, draws: int = 1) -> list[np.ndarray]:
+    """`draws` disjoint sets of `n` images: consecutive slices of one seeded permutation."""
+    if len(images) < n * draws:
+        raise SystemExit(f"error: {where}: {len(images)} images, fewer than {draws} x N={n}")
+    order = np.random.default_rng(seed).permutation(len(images))
+    return [images[order[i * n : (i + 1) * n]] for i in range(draws)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="images per set")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--draws", type=int, default=1,
+                        help="disjoint draws of N fakes, each against the same reference")
     parser.add_argument("--fake", type=Path, default=FAKE)
     parser.add_argument("--real", type=Path, default=ROOT / "data" / "prepared")
     parser.add_argument("--out", type=Path, default=None,
                         help="default benchmarks/results/inception_fid_<N>.json")
     args = parser.parse_args()
     out = args.out or ROOT / "benchmarks" / "results" / f"inception_fid_{args.n}.json"
+    if args.draws < 1:
+        raise SystemExit(f"error: --draws {args.draws}: want at least 1")
     torch.set_num_threads(os.cpu_count() or 1)
-    sets = {"fake": pick(load_split_images(args.fake), args.n, args.seed, str(args.fake)),
+    fakes = pick(load_split_images(args.fake), args.n, args.seed, str(args.fake), args.draws)
+    sets = {"fake": fakes[0],
             "reference_test": pick(load_split_images(args.real / "test.npz"), args.n,
-                                   args.seed + 1, "test.npz"),
+                                   args.seed + 1, "test.npz")[0],
             "floor_train": pick(load_split_images(args.real / "train.npz"), args.n,
-                                args.seed + 2, "train.npz")}
+                                args.seed + 2, "train.npz")[0],
+            **{f"fake_draw{i}": images for i, images in enumerate(fakes[1:], start=1)}}
     ex = inception_extractor("cpu")
     started = time.monotonic()
     feats = {name: extract(images, ex, 50, f"inception {name}") for name, images in sets.items()}
     fid = fid_from_features(feats["fake"], feats["reference_test"])
     floor = fid_from_features(feats["floor_train"], feats["reference_test"])
+    ratios = [fid / floor] + [fid_from_features(feats[f"fake_draw{i}"], feats["reference_test"])
+                              / floor for i in range(1, args.draws)]
     result = {
         "machine": {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                     "platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "torch": torch.__version__},
         "command": "unshare -n sh -c 'ip link set lo up; .venv/bin/python "
-                   f"benchmarks/inception_fid.py --n {args.n}'",
+                   f"benchmarks/inception_fid.py --n {args.n}"
+                   + (f" --draws {args.draws}" if args.draws > 1 else "") + "'",
         "n": args.n, "seed": args.seed, "fake": _shown(args.fake),
         "generator_run": _run_name() if args.fake == FAKE else None,
         "fid_inception": round(fid, 2), "fid_inception_floor": round(floor, 2),
         "ratio_to_floor": round(fid / floor, 3),
+        **({"draws": {"ratios_to_floor": [round(r, 3) for r in ratios],
+                      "median": round(float(np.median(ratios)), 3),
+                      "min": round(min(ratios), 3), "max": round(max(ratios), 3)}}
+           if args.draws > 1 else {}),
         "protocol": "fake vs N test images; floor = N train images vs the same test images; "
                     "TF-Inception pool3, the pipeline's extractor",
         "feature_seconds": round(time.monotonic() - started, 1),
     }
     write_json(out, result)
+    spread = (f" (draws: median {np.median(ratios):.3f}, {min(ratios):.3f}-{max(ratios):.3f})"
+              if args.draws > 1 else "")
     print(f"Inception FID at N={args.n}: {fid:.2f}, real-vs-real floor {floor:.2f}, "
-          f"ratio {fid / floor:.2f}; wrote {out}")
+          f"ratio {fid / floor:.3f}{spread}; wrote {out}")
 
 
 def _shown(path: Path) -> str:

@@ -211,8 +211,10 @@ def test_size_curve_draws_every_attack_of_every_family(tmp_path):
     def attack(auc):
         return {"auc": auc, "auc_ci95": [auc - 0.05, auc + 0.05], "tpr_at_1pct_fpr": auc / 20}
 
-    families = {name: {"num_train_images": n, "attacks": {"white_box_d": attack(a),
-                                                          "black_box_pixel_calibrated": attack(b)}}
+    families = {name: {"num_train_images": n, "num_members": min(n, 2000),
+                       "num_nonmembers": min(n, 2000),
+                       "attacks": {"white_box_d": attack(a),
+                                   "black_box_pixel_calibrated": attack(b)}}
                 for name, n, a, b in (("big", 50_000, 0.5, 0.51), ("small", 256, 0.7, 0.55))}
     size_curve(families, tmp_path / "size_curve.png")
     with Image.open(tmp_path / "size_curve.png") as img:

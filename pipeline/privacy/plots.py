@@ -77,7 +77,8 @@ def memorisation_grid(columns: tuple[np.ndarray, np.ndarray, np.ndarray],
 
 
 def size_curve(families: dict[str, dict[str, Any]], path: str | os.PathLike[str]) -> None:
-    """One slot per family (sorted by n, named with it), every attack side by side in it."""
+    """One slot per family (sorted by n, named with it and with its queries N: the audit takes
+    all of a training set smaller than `privacy.num_members`), every attack side by side."""
     plt = _pyplot()
     rows = sorted(families.items(), key=lambda kv: kv[1]["num_train_images"])
     attacks = list(rows[0][1]["attacks"])
@@ -92,12 +93,14 @@ def size_curve(families: dict[str, dict[str, Any]], path: str | os.PathLike[str]
                  "ms": 4, "label": attack}
         ax_auc.errorbar(x, auc, yerr=[auc - lo, hi - auc], capsize=2, **style)
         ax_tpr.plot(x, [a["tpr_at_1pct_fpr"] for a in res], **style)
-    names = [f"{name}\nn = {r['num_train_images']:,}" for name, r in rows]
+    names = [f"{name}\nn = {r['num_train_images']:,}\nN = {r['num_members']:,}"
+             for name, r in rows]
     for ax, chance, label in ((ax_auc, 0.5, "AUC (95 % interval)"),
                               (ax_tpr, 0.01, "TPR at 1 % FPR")):
         ax.axhline(chance, color="gray", lw=0.8, ls=":")
         ax.set_xticks(np.arange(len(rows)), names, fontsize=7)
-        ax.set(ylabel=label, xlabel="audited model and its training images (chance dotted)")
+        ax.set(ylabel=label, xlabel="audited model, its training images n, queries N per side "
+                                    "(chance dotted)")
     ax_auc.set(ylim=(0.3, 1.02), title="Membership inference against training-set size")
     ax_tpr.set(ylim=(0, max(0.1, ax_tpr.get_ylim()[1])), title="Low-FPR view")
     ax_tpr.legend(fontsize=7, loc="upper right")
