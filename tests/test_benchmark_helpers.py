@@ -1,0 +1,55 @@
+"""The benchmark scripts' own helpers: quality_ablation.py's `--only` entries (a variant, or a
+variant from another seed, named as its result rows are, `name@seed<k>`; anything else is
+refused) and inception_fid.py's draws of fakes (disjoint, the first one the single draw of
+earlier files)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ablation = load("quality_ablation")
+inception_fid = load("inception_fid")
+
+
+@pytest.mark.parametrize("seed", [None, 0, 1, 12])
+def test_an_entry_reads_back_as_the_row_it_names(seed: int | None) -> None:
+    row = ablation.row_name("cond_ms_ema_99", seed)
+    assert ablation.parse_row(row) == ("cond_ms_ema_99", seed)
+
+
+@pytest.mark.parametrize("text", ["nope", "cond_ms@seed", "cond_ms@seedx", "cond_ms@seed-1",
+                                  "nope@seed1", "cond_ms@1"])
+def test_an_unknown_variant_or_a_bad_seed_is_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="want a variant"):
+        ablation.parse_row(text)
+
+
+def test_inception_draws_are_disjoint_and_the_first_is_the_single_draw() -> None:
+    images = np.arange(50)[:, None, None] * np.ones((1, 2, 2), np.uint8)  # image i is all i
+    draws = inception_fid.pick(images, 10, seed=3, where="x", draws=4)
+    firsts = [set(d[:, 0, 0].tolist()) for d in draws]
+    assert [len(f) for f in firsts] == [10] * 4
+    assert len(set().union(*firsts)) == 40  # no image in two draws
+    single = inception_fid.pick(images, 10, seed=3, where="x")
+    assert len(single) == 1 and np.array_equal(single[0], draws[0])
+    order = np.random.default_rng(3).permutation(50)[:10]  # what one draw always took
+    assert draws[0][:, 0, 0].tolist() == order.tolist()
+
+
+def test_inception_draws_refuse_too_few_images() -> None:
+    with pytest.raises(SystemExit, match="fewer than 3 x N=20"):
+        inception_fid.pick(np.zeros((50, 2, 2), np.uint8), 20, seed=0, where="x", draws=3)
