@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import time
 from pathlib import Path
 
@@ -83,8 +84,7 @@ def main() -> None:
                     "platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "torch": torch.__version__},
         "command": "unshare -n sh -c 'ip link set lo up; .venv/bin/python "
-                   f"benchmarks/inception_fid.py --n {args.n}"
-                   + (f" --draws {args.draws}" if args.draws > 1 else "") + "'",
+                   f"benchmarks/inception_fid.py {_arguments(args)}'",
         "n": args.n, "seed": args.seed, "fake": _shown(args.fake),
         "generator_run": _run_name() if args.fake == FAKE else None,
         "fid_inception": round(fid, 2), "fid_inception_floor": round(floor, 2),
@@ -102,6 +102,18 @@ def main() -> None:
               if args.draws > 1 else "")
     print(f"Inception FID at N={args.n}: {fid:.2f}, real-vs-real floor {floor:.2f}, "
           f"ratio {fid / floor:.3f}{spread}; wrote {out}")
+
+
+def _arguments(args: argparse.Namespace) -> str:
+    """The command line that makes this file again: every argument not at its default."""
+    words = ["--n", str(args.n)]
+    for flag, value, default in (("--seed", args.seed, 0), ("--draws", args.draws, 1),
+                                 ("--fake", args.fake, FAKE),
+                                 ("--real", args.real, ROOT / "data" / "prepared"),
+                                 ("--out", args.out, None)):
+        if value != default:
+            words += [flag, _shown(value) if isinstance(value, Path) else str(value)]
+    return shlex.join(words)
 
 
 def _shown(path: Path) -> str:

@@ -25,6 +25,7 @@ import functools
 import json
 import multiprocessing as mp
 import platform
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -156,9 +157,11 @@ def train_variant(name: str, seconds: float, steps_per_epoch: int, out: str,
             "model": model_over, "train": train_over, "seed": seed}
 
 
-def score(generator: str, n: int) -> dict[str, Any]:
+def score(generator: str, n: int, row: str) -> dict[str, Any]:
     """Domain-space quality of `n` fakes, exactly as the evaluate stage computes it; for a
-    conditional G also its TSTR accuracy, as the audit stage computes it (`privacy.tstr_*`)."""
+    conditional G also its TSTR accuracy, as the audit stage computes it (`privacy.tstr_*`),
+    from samples drawn under the result's `row` name: a replica `name@seed<k>` draws its own.
+    (The `@seed1` rows of 2026-12-07 07:34 drew theirs under the bare variant name.)"""
     import torch
 
     from pipeline.config import load_params
@@ -182,7 +185,7 @@ def score(generator: str, n: int) -> dict[str, Any]:
 
         test = _split("test")
         quality["tstr_accuracy"] = tstr(G, meta, (test.images, test.labels), _tstr_spec(),
-                                        torch.device("cpu"), Path(generator).stem)
+                                        torch.device("cpu"), row)
     return quality
 
 
@@ -228,11 +231,23 @@ def row_name(name: str, seed: int | None) -> str:
 
 def parse_row(text: str) -> tuple[str, int | None]:
     """`--only`'s entries, `row_name`'s inverse: `name` or `name@seed<k>` of a known variant."""
-    name, _, seed = text.partition("@seed")
-    if name not in VARIANTS or (seed and not seed.isdigit()) or text.endswith("@seed"):
+    match = re.fullmatch(r"(.+?)(?:@seed(0|[1-9][0-9]*))?", text, flags=re.ASCII)
+    if match is None or match[1] not in VARIANTS:
         raise argparse.ArgumentTypeError(f"{text!r}: want a variant of VARIANTS, optionally "
                                          f"@seed<k> ({', '.join(VARIANTS)})")
-    return name, int(seed) if seed else None
+    return match[1], None if match[2] is None else int(match[2])
+
+
+def resolve_jobs(only: list[tuple[str, int | None]], seed: int | None
+                 ) -> list[tuple[str, int | None, str]]:
+    """(variant, seed, row) per `--only` entry: its own @seed<k>, else `--seed`, else
+    params.yaml's (None). The rows name the results and must be distinct."""
+    jobs = [(name, seed if own is None else own) for name, own in only]
+    rows = [row_name(name, s) for name, s in jobs]
+    repeated = sorted({row for row in rows if rows.count(row) > 1})
+    if repeated:
+        raise ValueError(f"--only names the same result twice: {', '.join(repeated)}")
+    return [(name, s, row) for (name, s), row in zip(jobs, rows, strict=True)]
 
 
 def main() -> None:
@@ -253,18 +268,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path,
                         default=ROOT / "benchmarks" / "results" / "quality_ablation.json")
     args = parser.parse_args()
+    try:
+        jobs = resolve_jobs(args.only, args.seed)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     ctx = mp.get_context("spawn")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        jobs = [(name, args.seed if seed is None else seed) for name, seed in args.only]
         for i in range(0, len(jobs), args.parallel):
             queue: mp.Queue = ctx.Queue()
-            batch = [row_name(name, seed) for name, seed in jobs[i : i + args.parallel]]
-            procs = [ctx.Process(target=_worker, args=(
-                         name, args.seconds, args.steps_per_epoch,
-                         f"{tmp}/{row_name(name, seed)}.pt", seed, queue))
-                     for name, seed in jobs[i : i + args.parallel]]
+            batch = [row for _, _, row in jobs[i : i + args.parallel]]
+            procs = [ctx.Process(target=_worker, args=(name, args.seconds, args.steps_per_epoch,
+                                                       f"{tmp}/{row}.pt", seed, queue))
+                     for name, seed, row in jobs[i : i + args.parallel]]
             for p in procs:
                 p.start()
             for _ in batch:
@@ -274,7 +291,7 @@ def main() -> None:
                 p.join()
             for row in batch:
                 if "error" not in results[row]:
-                    results[row]["quality"] = score(f"{tmp}/{row}.pt", args.n)
+                    results[row]["quality"] = score(f"{tmp}/{row}.pt", args.n, row)
                 print(row, json.dumps(results[row]), flush=True)
 
     scored = [info["quality"] for info in results.values() if "tstr_accuracy" in

@@ -32,10 +32,27 @@ def test_an_entry_reads_back_as_the_row_it_names(seed: int | None) -> None:
 
 
 @pytest.mark.parametrize("text", ["nope", "cond_ms@seed", "cond_ms@seedx", "cond_ms@seed-1",
-                                  "nope@seed1", "cond_ms@1"])
+                                  "nope@seed1", "cond_ms@1", "cond_ms@seed01", "cond_ms@seed\u00b2",
+                                  "cond_ms@seed1@seed2"])
 def test_an_unknown_variant_or_a_bad_seed_is_refused(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="want a variant"):
         ablation.parse_row(text)
+
+
+def test_an_entry_s_own_seed_wins_over_the_seed_flag_and_names_its_row() -> None:
+    only = [("cond_ms", None), ("cond_ms", 1), ("cond_ms_ema_99", 0)]
+    assert ablation.resolve_jobs(only, None) == [
+        ("cond_ms", None, "cond_ms"), ("cond_ms", 1, "cond_ms@seed1"),
+        ("cond_ms_ema_99", 0, "cond_ms_ema_99@seed0")]
+    assert ablation.resolve_jobs(only[:1] + only[2:], 2) == [
+        ("cond_ms", 2, "cond_ms@seed2"), ("cond_ms_ema_99", 0, "cond_ms_ema_99@seed0")]
+
+
+@pytest.mark.parametrize(("only", "seed"), [([("cond_ms", None), ("cond_ms", None)], None),
+                                            ([("cond_ms", 1), ("cond_ms", None)], 1)])
+def test_two_entries_for_one_result_are_refused(only, seed) -> None:
+    with pytest.raises(ValueError, match="cond_ms"):
+        ablation.resolve_jobs(only, seed)
 
 
 def test_inception_draws_are_disjoint_and_the_first_is_the_single_draw() -> None:

@@ -203,10 +203,21 @@ def test_tstr_spec_takes_the_privacy_params_and_caps_at_the_real_images():
     assert TstrSpec.from_params(params, 300).num_train == 300  # as many as the real images
 
 
-def test_size_curve_draws_every_attack_of_every_family(tmp_path):
+def test_size_curve_draws_every_attack_of_every_family(tmp_path, monkeypatch):
     from PIL import Image
 
+    from pipeline.privacy import plots
     from pipeline.privacy.plots import size_curve
+
+    drawn = []  # what each axis shows, read from the figure before it is saved and closed
+    save = plots._save
+
+    def keep(fig, path):
+        drawn.extend((ax.get_legend_handles_labels()[1],
+                      [t.get_text() for t in ax.get_xticklabels()]) for ax in fig.axes)
+        save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
 
     def attack(auc):
         return {"auc": auc, "auc_ci95": [auc - 0.05, auc + 0.05], "tpr_at_1pct_fpr": auc / 20}
@@ -221,6 +232,9 @@ def test_size_curve_draws_every_attack_of_every_family(tmp_path):
         assert img.format == "PNG" and img.size == (1320, 506)  # 12 x 4.6 in at 110 dpi
         assert np.asarray(img.convert("L")).std() > 10  # drawn, not blank
     assert list(tmp_path.iterdir()) == [tmp_path / "size_curve.png"]  # written atomically
+    ticks = ["small\nn = 256\nN = 256", "big\nn = 50,000\nN = 2,000"]  # sorted by n, with N
+    assert [t for _, t in drawn] == [ticks, ticks]
+    assert sorted(drawn[0][0]) == ["black_box_pixel_calibrated", "white_box_d"]  # every attack
 
 
 # --- params -------------------------------------------------------------------------------------
