@@ -66,19 +66,21 @@ def main() -> None:
         raise SystemExit(f"error: --draws {args.draws}: want at least 1")
     torch.set_num_threads(os.cpu_count() or 1)
     fakes = pick(load_split_images(args.fake), args.n, args.seed, str(args.fake), args.draws)
-    sets = {"fake": fakes[0],
+    fake_names = ["fake"] + [f"fake_draw{i}" for i in range(1, args.draws)]
+    sets = {**dict(zip(fake_names, fakes, strict=True)),
             "reference_test": pick(load_split_images(args.real / "test.npz"), args.n,
                                    args.seed + 1, "test.npz")[0],
             "floor_train": pick(load_split_images(args.real / "train.npz"), args.n,
-                                args.seed + 2, "train.npz")[0],
-            **{f"fake_draw{i}": images for i, images in enumerate(fakes[1:], start=1)}}
+                                args.seed + 2, "train.npz")[0]}
     ex = inception_extractor("cpu")
     started = time.monotonic()
     feats = {name: extract(images, ex, 50, f"inception {name}") for name, images in sets.items()}
-    fid = fid_from_features(feats["fake"], feats["reference_test"])
-    floor = fid_from_features(feats["floor_train"], feats["reference_test"])
-    ratios = [fid / floor] + [fid_from_features(feats[f"fake_draw{i}"], feats["reference_test"])
-                              / floor for i in range(1, args.draws)]
+    fids = [fid_from_features(feats[name], feats["reference_test"]) for name in fake_names]
+    fid, floor = fids[0], fid_from_features(feats["floor_train"], feats["reference_test"])
+    ratios = [f / floor for f in fids]
+    spread = {"ratios_to_floor": [round(r, 3) for r in ratios],
+              "median": round(float(np.median(ratios)), 3),
+              "min": round(min(ratios), 3), "max": round(max(ratios), 3)}
     result = {
         "machine": {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                     "platform": platform.platform(), "cpu_count": os.cpu_count(),
@@ -89,19 +91,16 @@ def main() -> None:
         "generator_run": _run_name() if args.fake == FAKE else None,
         "fid_inception": round(fid, 2), "fid_inception_floor": round(floor, 2),
         "ratio_to_floor": round(fid / floor, 3),
-        **({"draws": {"ratios_to_floor": [round(r, 3) for r in ratios],
-                      "median": round(float(np.median(ratios)), 3),
-                      "min": round(min(ratios), 3), "max": round(max(ratios), 3)}}
-           if args.draws > 1 else {}),
+        **({"draws": spread} if args.draws > 1 else {}),
         "protocol": "fake vs N test images; floor = N train images vs the same test images; "
                     "TF-Inception pool3, the pipeline's extractor",
         "feature_seconds": round(time.monotonic() - started, 1),
     }
     write_json(out, result)
-    spread = (f" (draws: median {np.median(ratios):.3f}, {min(ratios):.3f}-{max(ratios):.3f})"
-              if args.draws > 1 else "")
+    shown = (f" (draws: median {spread['median']:.3f}, {spread['min']:.3f}-{spread['max']:.3f})"
+             if args.draws > 1 else "")
     print(f"Inception FID at N={args.n}: {fid:.2f}, real-vs-real floor {floor:.2f}, "
-          f"ratio {fid / floor:.3f}{spread}; wrote {out}")
+          f"ratio {fid / floor:.3f}{shown}; wrote {out}")
 
 
 def _arguments(args: argparse.Namespace) -> str:

@@ -215,9 +215,8 @@ def trtr_accuracy() -> float:
                 len(train.class_names), _tstr_spec(), torch.device("cpu"))
 
 
-def _worker(name: str, seconds: float, steps: int, out: str, seed: int | None,
+def _worker(name: str, seconds: float, steps: int, out: str, seed: int | None, row: str,
             queue: mp.Queue) -> None:
-    row = row_name(name, seed)
     try:
         queue.put((row, train_variant(name, seconds, steps, out, seed)))
     except Exception as exc:  # noqa: BLE001 - reported in the results
@@ -280,7 +279,7 @@ def main() -> None:
             queue: mp.Queue = ctx.Queue()
             batch = [row for _, _, row in jobs[i : i + args.parallel]]
             procs = [ctx.Process(target=_worker, args=(name, args.seconds, args.steps_per_epoch,
-                                                       f"{tmp}/{row}.pt", seed, queue))
+                                                       f"{tmp}/{row}.pt", seed, row, queue))
                      for name, seed, row in jobs[i : i + args.parallel]]
             for p in procs:
                 p.start()
