@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ranks import run_two_ranks
 
 STEPS, CHECK_EVERY = 10, 4
 
@@ -106,27 +107,6 @@ def _rank_main(rank: int, store_file: str, poison_rank: int | None, out: mp.Queu
         out.put((rank, "crash", traceback.format_exc(), {}))
 
 
-def _run_two_ranks(tmp_path: Path, poison_rank: int | None) -> dict[int, tuple]:
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    store = str(tmp_path / "store")
-    procs = [ctx.Process(target=_rank_main, args=(r, store, poison_rank, out)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    try:
-        results = {}
-        for _ in procs:
-            rank, *rest = out.get(timeout=120)
-            results[rank] = tuple(rest)
-    finally:
-        for p in procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-    return results
-
-
 def test_emulated_rule_refuses_a_host_copy() -> None:
     """The emulation itself: a `.cpu()` copy reaching all_reduce is refused."""
     counts = {"all_reduce": 0}
@@ -147,7 +127,7 @@ def test_emulated_rule_refuses_a_host_copy() -> None:
 
 
 def test_two_ranks_train_under_the_nccl_rule_with_few_collectives(tmp_path: Path) -> None:
-    results = _run_two_ranks(tmp_path, poison_rank=None)
+    results = run_two_ranks(_rank_main, tmp_path / "store", None)
     for rank in (0, 1):
         status, stats, counts = results[rank]
         assert status == "ok", (rank, stats)
@@ -160,7 +140,7 @@ def test_two_ranks_train_under_the_nccl_rule_with_few_collectives(tmp_path: Path
 
 
 def test_nan_on_one_rank_stops_both_at_the_same_named_step(tmp_path: Path) -> None:
-    results = _run_two_ranks(tmp_path, poison_rank=1)
+    results = run_two_ranks(_rank_main, tmp_path / "store", 1)
     for rank in (0, 1):
         status, message, _ = results[rank]
         assert status == "NonFiniteLossError", (rank, message)

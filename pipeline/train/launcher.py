@@ -49,7 +49,7 @@ from pipeline.tracking import Tracker, run_url, tracking_uri
 from pipeline.train.data import TrainArrays, split_path, training_arrays
 from pipeline.train.export import export, register_generator
 from pipeline.train.identity import run_name
-from pipeline.train.loop import LOG_FIELDS, Hooks, WorkerConfig, train_worker
+from pipeline.train.loop import DDP_OPTIONS, LOG_FIELDS, Hooks, WorkerConfig, train_worker
 
 # A fault for the fault-tolerance tests: `on_step(rank, epoch, step)`, see pipeline.train.faults.
 Fault = Callable[[int, int, int], None]
@@ -83,8 +83,10 @@ def _worker_entry(config: dict[str, Any]) -> None:
             yield Path(path)
 
     fault = config["fault"]
+    prepare = functools.partial(ray.train.torch.prepare_model,
+                                parallel_strategy_kwargs=DDP_OPTIONS)
     hooks = Hooks(rank=rank, device=ray.train.torch.get_device(),
-                  prepare_model=ray.train.torch.prepare_model, report=report, restore=restore,
+                  prepare_model=prepare, report=report, restore=restore,
                   on_step=functools.partial(fault, rank) if fault else Hooks().on_step)
     try:
         train_worker(config["cfg"], ray.get(config["images"]), ray.get(config["labels"]),

@@ -52,12 +52,20 @@ from pipeline.train.steps import GanStep, VaeStep
 if TYPE_CHECKING:  # Opacus is imported only when DP is on
     from pipeline.privacy.dp import PrivateDiscriminator
 
-__all__ = ["LOG_FIELDS", "STATE_FILE", "Hooks", "LocalHooks", "NonFiniteLossError",
+__all__ = ["DDP_OPTIONS", "LOG_FIELDS", "STATE_FILE", "Hooks", "LocalHooks", "NonFiniteLossError",
            "WorkerConfig", "log_fields", "run_epoch", "train_worker"]
 
 LOG_FIELDS = ("epoch", "loss_d", "loss_g", "d_real", "d_fake", "images_per_s", "epoch_seconds")
 DP_LOG_FIELD = "dp_epsilon"  # a DP run's extra column: the privacy spent after each epoch
 STATE_FILE = "state.pt"  # inside a checkpoint directory; `samples/` holds the grids so far
+# How DDP wraps G and D (the launcher's `prepare_model`). Buffers are synced once, when DDP
+# wraps the model, not at every forward: by default DDP copies rank 0's buffers to every rank at
+# each forward outside `no_sync` (three per GAN step), a collective that waits for the slowest
+# rank. BatchNorm's running statistics then follow each rank's own batches (the checkpoint
+# keeps rank 0's; the EMA generator re-estimates its own); the weights stay identical, since
+# their gradients are all-reduced. Spectral norm's power-iteration vector depends on the
+# weights alone, so it stays identical too.
+DDP_OPTIONS: dict[str, Any] = {"forward_sync_buffers": False}
 
 
 @dataclass(frozen=True)
