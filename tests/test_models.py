@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -69,6 +71,28 @@ def test_a_projection_discriminator_adds_the_class_row_to_its_linear_head(d_norm
     init = (D.project.parametrizations.weight.original if d_norm == "spectral"
             else D.project.weight)  # the DCGAN init sits behind spectral normalisation
     assert abs(init.std().item() - 0.02) < 4e-3
+
+
+def test_a_channels_last_projection_discriminator_keeps_its_layout_in_the_backward() -> None:
+    """In channels_last, the projection D gives the NCHW model's logits, and the gradient that
+    reaches the head's input keeps h's layout: a gradient in the other layout makes the
+    elementwise backward ops after it (LeakyReLU's, the sum with the head's) ~25x slower."""
+    torch.manual_seed(0)
+    _, D = build_models({**CFG, "conditional": True, "d_conditioning": "projection"},
+                        (1, 28, 28), 10)
+    D_cl = copy.deepcopy(D).to(memory_format=torch.channels_last)
+    x, y = torch.randn(6, 1, 28, 28), torch.arange(6)
+    grads: list[torch.Tensor] = []
+
+    def keep_grad(module: torch.nn.Module, args: object, h: torch.Tensor) -> None:
+        h.register_hook(grads.append)  # the head's input h: its gradient, as it arrives
+
+    D_cl.net[-2].register_forward_hook(keep_grad)
+    logits = D_cl(x.contiguous(memory_format=torch.channels_last), y)
+    torch.testing.assert_close(logits, D(x, y), rtol=1e-5, atol=1e-6)
+    logits.sum().backward()
+    (grad,) = grads
+    assert not grad.is_contiguous() and grad.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_unsupported_size_is_rejected() -> None:
