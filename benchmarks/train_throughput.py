@@ -1,6 +1,6 @@
-"""Training throughput: plain torch (1 process x 2 threads, NCHW and channels_last) vs Ray Train
-(1 worker x 2 threads, the CPU profile's layout, and DDP over 2 workers x 1 thread), each put
-against the FLOP counter and the machine's GEMM peak.
+"""Training throughput: plain torch (1 process x 2 threads, NCHW and channels_last; DDP over 2
+processes x 1 thread) vs Ray Train (1 worker x 2 threads, the CPU profile's layout, and DDP over
+2 workers x 1 thread), each put against the FLOP counter and the machine's GEMM peak.
 
 All contenders run the same GAN step (`pipeline.train.loop.run_epoch` over
 `pipeline.train.data.DeviceArrays` batches) on the same data (`--data`, by default the prepared
@@ -11,17 +11,25 @@ steps after `--warmup` steps.
 
   plain     this process, 2 torch threads, NCHW (the default memory format)
   plain_cl  the same with channels_last batches and models (as `loop.train_worker` does)
+  plain_ddp torch DDP without Ray: 2 spawned processes x 1 thread, gloo over a FileStore,
+            G and D wrapped as the launcher wraps them (`loop.DDP_OPTIONS`), half the batch
+            each; channels_last as ray_ddp. What DDP itself costs on this machine
   ray_1x2   a fresh local Ray, a 1-worker TorchTrainer with 2 threads (params.yaml's layout on
             this machine: ray.num_workers 1, cpus_per_worker 2); channels_last as params.yaml
             `train.channels_last` says
-  ray_ddp   the same with 2 workers x 1 thread: DDP over gloo, half the batch per worker
+  ray_ddp   the same with 2 workers x 1 thread: DDP over gloo (`loop.DDP_OPTIONS`), half the
+            batch per worker; ray_ddp / plain_ddp is what Ray adds to DDP
 
 What the numbers mean (issue 11: the benchmark prints these ratios itself):
   * FLOP/image: `torch.utils.flop_counter.FlopCounterMode` over one `run_epoch` step (D step +
     G step, forward and backward) at the global batch, divided by the batch;
   * GEMM peak: fp32 `torch.mm` n x n (`--gemm-n`) with 2 threads, 2 n^3 / time, the median of
     `--gemm-repeats` products, measured once before every round;
-  * per contender: GFLOP/s = img/s x FLOP/image, and its share of the median GEMM peak.
+  * per contender: GFLOP/s = img/s x FLOP/image, and its share of the median GEMM peak;
+  * where the rest goes: the shares of a step's time by kind of op (`step_profile`, once, in
+    Ray's layout), and per contender the training process's context switches per timed step
+    (`getrusage`; rank 0's process under DDP): Ray Train runs the loop in a thread of its
+    worker, beside Ray's own threads.
 
 Ray start-up, per ray_1x2 run: `ray.init` (through the launcher's `ray_session`, as the train
 stage does), then `fit()` start -> worker entry -> first training step, and the fit's end. Every
@@ -31,13 +39,13 @@ when each of Ray's worker processes was started (the raylet's children, named by
 titles: Train's controller, its helper actors, the worker): where the floor goes.
 
 The machine is shared and noisy, so rounds interleave everything: GEMM, plain, plain_cl,
-ray_1x2, ray_ddp, empty fit, GEMM, plain, ... (`--repeats` rounds, at least 3). Every figure is
-reported as the median with its min-max and the raw values in run order; ratios are ratios of
-medians. Run it from the repo root inside a network namespace (it starts Ray):
+plain_ddp, ray_1x2, ray_ddp, empty fit, GEMM, plain, ... (`--repeats` rounds, at least 3).
+Every figure is reported as the median with its min-max and the raw values in run order; ratios
+are ratios of medians. Run it from the repo root inside a network namespace (it starts Ray):
 
     unshare -n sh -c 'ip link set lo up; .venv/bin/python benchmarks/train_throughput.py'
 
-Flags: --repeats 3 --warmup 5 --steps 40 --gemm-n 2048 --gemm-repeats 10 --data PATH --out PATH.
+Flags: --repeats 3 --warmup 10 --steps 100 --gemm-n 2048 --gemm-repeats 10 --data PATH --out PATH.
 A smoke run: `--repeats 3 --warmup 1 --steps 3 --gemm-n 512 --out /tmp/tt.json`.
 Writes benchmarks/results/train_throughput.json (`--out`).
 """
@@ -49,8 +57,10 @@ import contextlib
 import datetime
 import functools
 import json
+import multiprocessing as mp
 import os
 import platform
+import resource
 import shutil
 import statistics
 import tempfile
@@ -69,15 +79,17 @@ from pipeline.config import Params, load_params
 from pipeline.io import write_json
 from pipeline.models import build_models
 from pipeline.train.data import DeviceArrays, load_train_arrays
-from pipeline.train.loop import run_epoch
+from pipeline.train.loop import DDP_OPTIONS, run_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2  # every contender uses the machine's 2 cores; GEMM peak: 2 threads
 CONTENDERS = {"plain": "plain torch 1x2 threads",
               "plain_cl": "plain torch 1x2 threads, channels_last",
+              "plain_ddp": "plain torch DDP 2 processes x 1 thread",
               "ray_1x2": "Ray Train 1 worker x 2 threads",
               "ray_ddp": "Ray Train DDP 2 workers x 1 thread"}
 LAYOUTS = {"ray_1x2": (1, 2), "ray_ddp": (2, 1)}  # (workers, threads per worker)
+SWITCHES = ("voluntary_switches_per_step", "involuntary_switches_per_step")  # timed_steps'
 
 
 def load_data(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
@@ -133,9 +145,12 @@ def gan_steps(params: Params, images: np.ndarray, labels: np.ndarray, steps: int
 
 def timed_steps(params: Params, images: np.ndarray, labels: np.ndarray, warmup: int, steps: int,
                 **kwargs: Any) -> dict[str, float]:
-    """`gan_steps(warmup + steps)`; images/s over the steps after the warm-up, and the wall
-    clock of the first step and of the end (compared with the Ray driver's clock)."""
+    """`gan_steps(warmup + steps)`; images/s over the steps after the warm-up, the process's
+    context switches per timed step (voluntary: a thread waited; involuntary: one was
+    preempted), and the wall clock of the first step and of the end (compared with the Ray
+    driver's clock)."""
     marks: dict[str, float] = {}
+    usage: list[resource.struct_rusage] = []
     done = 0
 
     def on_step(_epoch: int, _step: int) -> None:
@@ -143,12 +158,16 @@ def timed_steps(params: Params, images: np.ndarray, labels: np.ndarray, warmup: 
         if done == 0:
             marks["first_step"] = time.time()
         if done == warmup:
+            usage.append(resource.getrusage(resource.RUSAGE_SELF))
             marks["t0"] = time.perf_counter()
         done += 1
 
     gan_steps(params, images, labels, warmup + steps, on_step=on_step, **kwargs)
     seconds = time.perf_counter() - marks["t0"]
+    end = resource.getrusage(resource.RUSAGE_SELF)
     return {"images_per_s": steps * params.train.batch_size / seconds, "seconds": seconds,
+            "voluntary_switches_per_step": (end.ru_nvcsw - usage[0].ru_nvcsw) / steps,
+            "involuntary_switches_per_step": (end.ru_nivcsw - usage[0].ru_nivcsw) / steps,
             "first_step": marks["first_step"], "end": time.time()}
 
 
@@ -159,6 +178,33 @@ def flop_per_image(params: Params, images: np.ndarray, labels: np.ndarray) -> fl
     with counter:
         gan_steps(params, images, labels, 1)
     return counter.get_total_flops() / params.train.batch_size
+
+
+# Where a step's CPU time goes, by op (`step_profile`): self time of the ops whose names hold
+# these words; the optimizer's ops by its own events' total time; the rest is "other".
+OP_KINDS = {"convolution": ("convolution",), "batch_norm": ("batch_norm",),
+            "activation": ("leaky_relu", "threshold", "tanh", "sigmoid")}
+
+
+def step_profile(params: Params, images: np.ndarray, labels: np.ndarray, steps: int,
+                 channels_last: bool) -> dict[str, float]:
+    """Shares of `steps` GAN steps' CPU time (2 threads, after 5 unprofiled steps) by kind of
+    op (`OP_KINDS`, "optimizer", "other"), by `torch.profiler`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(THREADS)
+    gan_steps(params, images, labels, 5, channels_last=channels_last)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        gan_steps(params, images, labels, steps, channels_last=channels_last)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    shares = {kind: sum(e.self_cpu_time_total for e in events
+                        if any(word in e.key for word in words)) / total
+              for kind, words in OP_KINDS.items()}
+    shares["optimizer"] = sum(e.cpu_time_total for e in events
+                              if e.key.startswith("Optimizer.")) / total
+    shares["other"] = 1 - sum(shares.values())
+    return {kind: round(share, 3) for kind, share in shares.items()}
 
 
 def gemm_gflops(n: int, repeats: int) -> float:
@@ -183,6 +229,44 @@ def plain_run(params: Params, images: np.ndarray, labels: np.ndarray, warmup: in
     return timed_steps(params, images, labels, warmup, steps, channels_last=channels_last)
 
 
+def _ddp_rank(rank: int, store: str, args: tuple[Any, ...], channels_last: bool,
+              out: mp.Queue) -> None:
+    """One plain_ddp rank: gloo over a FileStore, 1 thread, G and D in DDP(**DDP_OPTIONS)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+    try:
+        result = timed_steps(*args, channels_last=channels_last, rank=rank, world=2,
+                             prepare=lambda m: DistributedDataParallel(m, **DDP_OPTIONS))
+        if rank == 0:
+            out.put(result)
+    finally:
+        dist.destroy_process_group()
+
+
+def plain_ddp_run(params: Params, images: np.ndarray, labels: np.ndarray, warmup: int,
+                  steps: int, channels_last: bool) -> dict[str, float]:
+    """plain_ddp: 2 spawned processes x 1 thread; rank 0's images/s (the global batch's)."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    with tempfile.TemporaryDirectory(prefix="rgf-ddp-") as tmp:
+        procs = [ctx.Process(target=_ddp_rank, args=(
+            rank, str(Path(tmp) / "store"), (params, images, labels, warmup, steps),
+            channels_last, out)) for rank in (0, 1)]
+        for proc in procs:
+            proc.start()
+        try:
+            result = out.get(timeout=600)
+        finally:
+            for proc in procs:
+                proc.join(60)
+                if proc.is_alive():
+                    proc.kill()
+    return result
+
+
 def _ray_worker(config: dict[str, Any]) -> None:
     entry = time.time()
     import logging
@@ -199,7 +283,8 @@ def _ray_worker(config: dict[str, Any]) -> None:
     out = timed_steps(config["params"], ray.get(config["images"]), ray.get(config["labels"]),
                       config["warmup"], config["steps"], channels_last=config["channels_last"],
                       rank=ctx.get_world_rank(), world=ctx.get_world_size(),
-                      prepare=ray.train.torch.prepare_model)
+                      prepare=functools.partial(ray.train.torch.prepare_model,
+                                                parallel_strategy_kwargs=DDP_OPTIONS))
     out["entry"] = entry
     # Ray Train V2 keeps reported metrics only together with a checkpoint: rank 0 attaches one.
     with tempfile.TemporaryDirectory() as tmp:
@@ -270,8 +355,8 @@ def ray_run(params: Params, images: np.ndarray, labels: np.ndarray, warmup: int,
         "params": params, "images": ray.put(images), "labels": ray.put(labels),
         "warmup": warmup, "steps": steps, "channels_last": channels_last,
         "threads": threads}, workers, threads)
-    return {"images_per_s": metrics["images_per_s"], "ray_init_s": m["init_s"],
-            "ray_put_s": m["put_s"],
+    return {**{k: metrics[k] for k in SWITCHES}, "images_per_s": metrics["images_per_s"],
+            "ray_init_s": m["init_s"], "ray_put_s": m["put_s"],
             "fit_start_to_worker_entry_s": metrics["entry"] - m["fit_start"],
             "worker_entry_to_first_step_s": metrics["first_step"] - metrics["entry"],
             "fit_start_to_first_step_s": metrics["first_step"] - m["fit_start"],
@@ -315,11 +400,13 @@ def machine() -> dict[str, Any]:
 
 
 def contender_result(runs: list[dict[str, float]], flop: float, peak: float) -> dict[str, Any]:
-    """img/s and GFLOP/s (median, min-max, runs) and the median's share of the GEMM peak."""
+    """img/s and GFLOP/s (median, min-max, runs), the median's share of the GEMM peak, and the
+    context switches per step of the (rank 0) training process."""
     ips = [r["images_per_s"] for r in runs]
     gflops = summary([v * flop / 1e9 for v in ips])
     return {"images_per_s": summary(ips), "gflop_per_s": gflops,
-            "fraction_of_gemm_peak": round(gflops["median"] / peak, 3)}
+            "fraction_of_gemm_peak": round(gflops["median"] / peak, 3),
+            **{key: summary([r[key] for r in runs]) for key in SWITCHES}}
 
 
 def print_summary(r: dict[str, Any]) -> None:
@@ -327,12 +414,16 @@ def print_summary(r: dict[str, Any]) -> None:
         return f"{s['median']}{unit} ({s['min']}-{s['max']})"
 
     print(f"\nFLOP/image: {r['flop_per_image'] / 1e6:.1f} M (D step + G step, fwd + bwd)")
+    print("step CPU time by op: " + ", ".join(
+        f"{kind} {100 * share:.1f} %"
+        for kind, share in r["step_cpu_time_by_op"]["shares"].items()))
     print(f"GEMM peak fp32 {r['gemm']['n']}^2, 2 threads: {mm(r['gemm']['gflop_per_s'])} GFLOP/s"
           f" -> ceiling {r['gemm']['ceiling_images_per_s']:.0f} img/s")
     for name, label in CONTENDERS.items():
         c = r["contenders"][name]
         print(f"{label:<40} {mm(c['images_per_s'])} img/s  {c['gflop_per_s']['median']} GFLOP/s"
-              f"  {100 * c['fraction_of_gemm_peak']:.1f} % of peak")
+              f"  {100 * c['fraction_of_gemm_peak']:.1f} % of peak  context switches/step: "
+              f"{c[SWITCHES[0]]['median']} voluntary, {c[SWITCHES[1]]['median']} involuntary")
     for k, v in r["ratios_of_medians"].items():
         print(f"{k}: {v}x")
     s = r["startup"]
@@ -351,8 +442,8 @@ def print_summary(r: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="rounds (>= 3)")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--gemm-n", type=int, default=2048, help="GEMM peak: n x n fp32 mm")
     parser.add_argument("--gemm-repeats", type=int, default=10, help="products per round")
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "prepared" / "train.npz")
@@ -367,10 +458,14 @@ def main() -> None:
     print(f"data: {source} {images.shape}; ray channels_last={ray_cl}", flush=True)
     flop = flop_per_image(params, images, labels)
     print(f"FLOP/image: {flop / 1e6:.1f} M", flush=True)
+    profile_steps = 40
+    shares = step_profile(params, images, labels, profile_steps, ray_cl)
+    print(f"step CPU time by op: {shares}", flush=True)
 
     common = (params, images, labels, args.warmup, args.steps)
     runners = {"plain": functools.partial(plain_run, *common, channels_last=False),
                "plain_cl": functools.partial(plain_run, *common, channels_last=True),
+               "plain_ddp": functools.partial(plain_ddp_run, *common, channels_last=ray_cl),
                **{name: functools.partial(ray_run, *common, channels_last=ray_cl,
                                           workers=w, threads=t)
                   for name, (w, t) in LAYOUTS.items()},
@@ -410,12 +505,17 @@ def main() -> None:
         "global_batch": params.train.batch_size, "warmup_steps": args.warmup,
         "timed_steps": args.steps,
         "repeats": args.repeats,
-        "order": "interleaved rounds: gemm, plain, plain_cl, ray_1x2, ray_ddp, empty_fit, "
-                 "gemm, ...",
+        "order": "interleaved rounds: gemm, plain, plain_cl, plain_ddp, ray_1x2, ray_ddp, "
+                 "empty_fit, gemm, ...",
         "flop_per_image": round(flop),
         "flop_counter": "torch.utils.flop_counter.FlopCounterMode over one run_epoch step "
                         f"(D step + G step, forward + backward) at batch "
                         f"{params.train.batch_size}",
+        "step_cpu_time_by_op": {
+            "shares": shares,
+            "how": f"torch.profiler over {profile_steps} plain steps (2 threads, channels_last="
+                   f"{ray_cl} as Ray's), self CPU time of the ops named {OP_KINDS}; optimizer: "
+                   "its events' total time; other: the rest"},
         "gemm": {"n": args.gemm_n, "repeats_per_round": args.gemm_repeats, "threads": THREADS,
                  "dtype": "float32", "gflop_per_s": summary(gemm),
                  "ceiling_images_per_s": round(peak * 1e9 / flop, 1)},
@@ -426,6 +526,9 @@ def main() -> None:
             "ray_1x2_over_plain_cl": round(med["ray_1x2"] / med["plain_cl"], 3),
             "ray_ddp_over_plain": round(med["ray_ddp"] / med["plain"], 3),
             "ray_ddp_over_plain_cl": round(med["ray_ddp"] / med["plain_cl"], 3),
+            "ray_ddp_over_plain_ddp": round(med["ray_ddp"] / med["plain_ddp"], 3),
+            "plain_ddp_over_plain": round(med["plain_ddp"] / med["plain"], 3),
+            "plain_ddp_over_plain_cl": round(med["plain_ddp"] / med["plain_cl"], 3),
             "plain_cl_over_plain": round(med["plain_cl"] / med["plain"], 3)},
         "startup": {
             "ray_init_s": seconds(ray_, "ray_init_s"),
