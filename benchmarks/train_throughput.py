@@ -65,6 +65,7 @@ import shutil
 import statistics
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -188,8 +189,9 @@ OP_KINDS = {"convolution": ("convolution",), "batch_norm": ("batch_norm",),
 
 def step_profile(params: Params, images: np.ndarray, labels: np.ndarray, steps: int,
                  channels_last: bool) -> dict[str, float]:
-    """Shares of `steps` GAN steps' CPU time (2 threads, after 5 unprofiled steps) by kind of
-    op (`OP_KINDS`, "optimizer", "other"), by `torch.profiler`."""
+    """Shares of `steps` GAN steps' CPU time (2 threads) by kind of op (`OP_KINDS`,
+    "optimizer", "other"), by `torch.profiler`. 5 unprofiled steps first warm torch's kernels
+    and allocator; the profiled call builds its own models, so its first step is cold."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(THREADS)
@@ -235,20 +237,23 @@ def _ddp_rank(rank: int, store: str, args: tuple[Any, ...], channels_last: bool,
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
     try:
-        result = timed_steps(*args, channels_last=channels_last, rank=rank, world=2,
-                             prepare=lambda m: DistributedDataParallel(m, **DDP_OPTIONS))
-        if rank == 0:
-            out.put(result)
-    finally:
-        dist.destroy_process_group()
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+        try:
+            result = timed_steps(*args, channels_last=channels_last, rank=rank, world=2,
+                                 prepare=lambda m: DistributedDataParallel(m, **DDP_OPTIONS))
+        finally:
+            dist.destroy_process_group()
+        out.put((rank, result))
+    except Exception:  # noqa: BLE001 - the parent raises it
+        out.put((rank, traceback.format_exc()))
 
 
 def plain_ddp_run(params: Params, images: np.ndarray, labels: np.ndarray, warmup: int,
                   steps: int, channels_last: bool) -> dict[str, float]:
-    """plain_ddp: 2 spawned processes x 1 thread; rank 0's images/s (the global batch's)."""
+    """plain_ddp: 2 spawned processes x 1 thread; rank 0's images/s (the global batch's).
+    A rank that fails raises here, with its traceback."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     with tempfile.TemporaryDirectory(prefix="rgf-ddp-") as tmp:
@@ -258,13 +263,17 @@ def plain_ddp_run(params: Params, images: np.ndarray, labels: np.ndarray, warmup
         for proc in procs:
             proc.start()
         try:
-            result = out.get(timeout=600)
+            results = dict(out.get(timeout=600) for _ in procs)
         finally:
             for proc in procs:
                 proc.join(60)
                 if proc.is_alive():
                     proc.kill()
-    return result
+                    proc.join(5)
+    for rank, result in sorted(results.items()):
+        if isinstance(result, str):
+            raise RuntimeError(f"plain_ddp rank {rank} failed:\n{result}")
+    return results[0]
 
 
 def _ray_worker(config: dict[str, Any]) -> None:

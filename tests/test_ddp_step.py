@@ -4,8 +4,9 @@ Two processes (gloo over a FileStore, one thread each) wrap G and D in
 `DistributedDataParallel(**DDP_OPTIONS)` and train one epoch of the default recipe (a
 conditional DCGAN with BatchNorm, mode seeking, the EMA on rank 0) on disjoint halves of
 sklearn digits. No forward may broadcast buffers (DDP's default does at three of the step's four
-forwards, a collective that waits for the slower rank), and every weight must still be the same
-on both ranks after training: their gradients are all-reduced.
+forwards, a collective that waits for the slower rank: the same epoch under torch's default
+options is the counter's control), and every weight must still be the same on both ranks after
+training: their gradients are all-reduced.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ranks import run_two_ranks
 STEPS = 6
 
 
-def _rank_main(rank: int, store_file: str, out: mp.Queue) -> None:
+def _rank_main(rank: int, store_file: str, default_ddp: bool, out: mp.Queue) -> None:
     try:
         import numpy as np
         import torch.distributed as dist
@@ -43,7 +44,8 @@ def _rank_main(rank: int, store_file: str, out: mp.Queue) -> None:
         G, D = build_models({"latent_dim": 8, "g_features": 8, "d_features": 8,
                              "conditional": True, "embed_dim": 4,
                              "d_conditioning": "projection"}, (1, 28, 28), 10)
-        G, D = DistributedDataParallel(G, **DDP_OPTIONS), DistributedDataParallel(D, **DDP_OPTIONS)
+        options = {} if default_ddp else DDP_OPTIONS  # torch's defaults: the counter's control
+        G, D = DistributedDataParallel(G, **options), DistributedDataParallel(D, **options)
         broadcasts = {"n": 0}  # DDP's buffer broadcasts after wrapping (the init sync is before)
         real_broadcast = DistributedDataParallel._distributed_broadcast_coalesced
 
@@ -74,7 +76,11 @@ def _rank_main(rank: int, store_file: str, out: mp.Queue) -> None:
 
 
 def test_ddp_step_broadcasts_no_buffers_and_keeps_one_set_of_weights(tmp_path: Path) -> None:
-    results = run_two_ranks(_rank_main, tmp_path / "store")
+    # The counter's control: with DDP's default options the same epoch broadcasts buffers.
+    control = run_two_ranks(_rank_main, tmp_path / "store-default", True)
+    assert control[0][0] == "ok", control[0][1]
+    assert control[0][1]["broadcasts"] >= STEPS
+    results = run_two_ranks(_rank_main, tmp_path / "store", False)
     for rank in (0, 1):
         assert results[rank][0] == "ok", results[rank][1]
         stats = results[rank][1]

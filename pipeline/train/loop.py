@@ -60,7 +60,7 @@ DP_LOG_FIELD = "dp_epsilon"  # a DP run's extra column: the privacy spent after 
 STATE_FILE = "state.pt"  # inside a checkpoint directory; `samples/` holds the grids so far
 # How DDP wraps G and D (the launcher's `prepare_model`). Buffers are synced once, when DDP
 # wraps the model, not at every forward: by default DDP copies rank 0's buffers to every rank at
-# each forward outside `no_sync` (three per GAN step), a collective that waits for the slowest
+# the start of three of a GAN step's four forwards, a collective that waits for the slowest
 # rank. BatchNorm's running statistics then follow each rank's own batches (the checkpoint
 # keeps rank 0's; the EMA generator re-estimates its own); the weights stay identical, since
 # their gradients are all-reduced. Spectral norm's power-iteration vector depends on the
