@@ -483,3 +483,33 @@ def test_dvc_exp_run_with_overrides_tags_its_mlflow_run(pipeline_run):
     bad = subprocess.run([str(BIN / "dvc"), "exp", "run", "-S", "+train.epoch=1"], cwd=repo,
                          env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "train.epoch: unknown key" in bad.stdout + bad.stderr
+
+
+# Another embedded Ray on the machine (a second stage, another `dvc exp run`): it must not
+# confuse the one a stage starts. Ray's own lookups with no address (Train's placement-group
+# cleaner asks the state API) fail with "Found multiple active Ray instances" otherwise.
+OTHER_RAY = ("import ray, sys, time; ray.init(num_cpus=1, include_dashboard=False); "
+             "print('up', flush=True); sys.stdin.read()")
+
+
+def test_train_beside_another_embedded_ray(tmp_path):
+    repo = tiny_repo(tmp_path, train={"epochs": 4, "max_steps_per_epoch": 8})
+    env = repo_env(repo)
+    subprocess.run([str(BIN / "dvc"), "repro", "prepare"], cwd=repo, env=env, check=True,
+                   capture_output=True, timeout=300)
+    other = subprocess.Popen([str(BIN / "python"), "-c", OTHER_RAY], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        assert other.stdout.readline().strip() == "up"  # bounded: ray.init times out itself
+        done = subprocess.run(
+            [str(BIN / "python"), "stages/train.py", "--data", "data/prepared/train.npz",
+             "--models", "models", "--metrics", "metrics"],
+            cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+        assert other.poll() is None, "the other Ray's driver died during the stage"
+    finally:
+        stop(other)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "multiple active Ray" not in done.stderr, \
+        done.stderr[-3000:]
+    assert len((repo / "metrics" / "train_log.csv").read_text().splitlines()) == 1 + 4
