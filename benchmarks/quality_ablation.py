@@ -8,7 +8,9 @@ floor), on the prepared data and the pipeline's FeatureNet.
 Each variant is `params.yaml`'s model/train sections with a few overrides (`VARIANTS`). It
 trains in-process (`pipeline.train.loop.train_worker`, one thread per variant, `--parallel`
 variants at a time) and stops after the first epoch that ends past `--seconds` of its own CPU
-time (`time.process_time`: equal compute, whatever else loads the machine). Its exported
+time (`time.process_time`: equal compute, whatever else loads the machine), or when it has
+trained the `epochs` its variant sets (the `default_6ep*` rows: the pipeline's exact length,
+with `--steps-per-epoch 360`, which a learning-rate decay needs to know). Its exported
 generator (the EMA one when on) is sampled (`pipeline.generate.sample`) and scored
 (`pipeline.metrics.evaluate.evaluate_quality`, domain space only: Inception costs ~6 images/s
 here); a conditional one also gets the audit stage's TSTR accuracy (`privacy.tstr_*`: the
@@ -26,6 +28,7 @@ import json
 import multiprocessing as mp
 import platform
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +51,8 @@ UNCONDITIONAL: dict[str, Any] = {"conditional": False}
 # The conditional default this ablation chose (params.yaml since 2026-12-06).
 CONDITIONAL: dict[str, Any] = {"conditional": True, "d_conditioning": "projection"}
 FAST_G_B64: dict[str, Any] = {"lr_g": 1e-3, "lr_d": 5e-4, "batch_size": 64}
+# On top of it, the default since 2026-12-07 10:12: mode seeking, the EMA and D at 2x G's rate.
+FASTER_D: dict[str, Any] = {"mode_seeking": 1.0, "ema_decay": 0.99, "lr_d": 2e-3}
 
 
 def _old(model: dict[str, Any] | None = None, **train: Any,
@@ -100,6 +105,19 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "cond_ms_ema_99_wide_d": _cond({"d_features": 96}, mode_seeking=1.0, ema_decay=0.99),
     "cond_ms_ema_99_faster_d": _cond(mode_seeking=1.0, ema_decay=0.99, lr_d=2e-3),
     "cond_ms_ema_99_fastest_d": _cond(mode_seeking=1.0, ema_decay=0.99, lr_d=4e-3),
+    # The faster_d default at the pipeline's exact length (6 epochs; run with
+    # --steps-per-epoch 360 and --seconds past it), with both rates decaying linearly to 0
+    # over the whole run (SN-GAN's schedule) or over its second half (train.lr_decay_start).
+    "default_6ep": _cond(**FASTER_D, epochs=6),
+    "default_6ep_decay_0": _cond(**FASTER_D, epochs=6, lr_decay_start=0.0),
+    "default_6ep_decay_05": _cond(**FASTER_D, epochs=6, lr_decay_start=0.5),
+    # The same length: a longer EMA, D at 1x G's rate, Adam without momentum (beta1 0).
+    "default_6ep_ema_995": _cond(**{**FASTER_D, "ema_decay": 0.995}, epochs=6),
+    "default_6ep_fast_d": _cond(**{**FASTER_D, "lr_d": 1e-3}, epochs=6),
+    "default_6ep_lr_d_15": _cond(**{**FASTER_D, "lr_d": 1.5e-3}, epochs=6),
+    "default_6ep_beta1_0": _cond(**FASTER_D, epochs=6, beta1=0.0),
+    "default_6ep_ema_995_decay_05": _cond(**{**FASTER_D, "ema_decay": 0.995}, epochs=6,
+                                          lr_decay_start=0.5),
 }
 # channels_last changes speed, not what a step computes: it is measured in train_throughput.py.
 
@@ -112,8 +130,6 @@ def train_variant(name: str, seconds: float, steps_per_epoch: int, out: str,
                   seed: int | None = None) -> dict[str, Any]:
     """Train one variant for ~`seconds` of CPU time on 1 thread, from `seed` (None: params.yaml's
     seed); write its generator to `out`."""
-    import shutil
-
     import torch
 
     from pipeline.config import ModelConfig, TrainConfig, load_params
@@ -249,6 +265,18 @@ def resolve_jobs(only: list[tuple[str, int | None]], seed: int | None
     return [(name, s, row) for (name, s), row in zip(jobs, rows, strict=True)]
 
 
+def protocol(info: dict[str, Any], args: argparse.Namespace) -> str:
+    """How a row was trained: for `--seconds` of CPU time, or for its variant's own
+    `epochs` x `--steps-per-epoch` steps when that ended first."""
+    epochs = info.get("train", {}).get("epochs")
+    if epochs is not None and info.get("cpu_seconds", args.seconds) <= args.seconds:
+        length = (f"{epochs} x {args.steps_per_epoch} steps (the variant's train.epochs) "
+                  f"on 1 thread")
+    else:
+        length = f"{args.seconds:.0f} CPU-seconds of training on 1 thread"
+    return f"{length}, {args.parallel} variants at a time; domain metrics at N={args.n}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=480.0,
@@ -262,6 +290,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="train the --only entries without their own @seed<k> from this "
                              "seed instead of params.yaml's (rows name@seed<k>)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="also copy each variant's generator to DIR/<row>.pt (e.g. for "
+                             "benchmarks/inception_fid.py after `gan-forensics generate`)")
     parser.add_argument("--merge", action="store_true",
                         help="add to --out's variants instead of replacing them")
     parser.add_argument("--out", type=Path,
@@ -291,6 +322,9 @@ def main() -> None:
             for row in batch:
                 if "error" not in results[row]:
                     results[row]["quality"] = score(f"{tmp}/{row}.pt", args.n, row)
+                    if args.keep is not None:
+                        args.keep.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(f"{tmp}/{row}.pt", args.keep / f"{row}.pt")
                 print(row, json.dumps(results[row]), flush=True)
 
     scored = [info["quality"] for info in results.values() if "tstr_accuracy" in
@@ -300,12 +334,10 @@ def main() -> None:
         for q in scored:
             q.update(trtr_accuracy=baseline, tstr_over_trtr=q["tstr_accuracy"] / baseline)
 
-    protocol = (f"{args.seconds:.0f} CPU-seconds of training on 1 thread, {args.parallel} "
-                f"variants at a time; domain metrics at N={args.n}")
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     machine = f"{platform.machine()}, {mp.cpu_count()} cores, {platform.platform()}"
     for info in results.values():
-        info.update(protocol=protocol, date=date, machine=machine)
+        info.update(protocol=protocol(info, args), date=date, machine=machine)
     if args.merge and args.out.is_file():  # keep the variants this run did not train
         earlier = json.loads(args.out.read_text())
         kept = {name: {"machine": earlier.get("machine"), **info}  # files before per-row machine

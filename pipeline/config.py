@@ -93,6 +93,10 @@ class TrainConfig(Section):
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)  # Adam betas (DCGAN paper: 0.5, 0.999)
     beta2: float = Field(0.999, ge=0, lt=1)
+    # Both rates fall linearly to 0 over the run's steps after this fraction of them (of
+    # train.epochs x steps per epoch; pipeline/train/schedule.py); null = constant rates.
+    # With a decay, train.epochs is part of the run's identity (more epochs: another run).
+    lr_decay_start: float | None = Field(None, ge=0, lt=1)
     # Cap on steps per epoch (null = the whole training set); for quick runs and tests.
     max_steps_per_epoch: int | None = Field(None, gt=0)
     grid_size: int = Field(64, gt=0)  # images in the fixed-noise sample grid, per epoch

@@ -55,6 +55,17 @@ def test_two_entries_for_one_result_are_refused(only, seed) -> None:
         ablation.resolve_jobs(only, seed)
 
 
+def test_a_row_s_protocol_names_what_ended_its_training() -> None:
+    args = argparse.Namespace(seconds=1500.0, steps_per_epoch=360, parallel=2, n=10_000)
+    fixed = {"cpu_seconds": 276.0, "train": {"epochs": 6, "lr_d": 2e-3}}
+    timed = {"cpu_seconds": 1502.3, "train": {"lr_d": 2e-3}}
+    assert ablation.protocol(fixed, args).startswith("6 x 360 steps (the variant's train.epochs)")
+    assert ablation.protocol(timed, args).startswith("1500 CPU-seconds of training on 1 thread")
+    # A variant with epochs that the CPU budget stopped first was timed, not fixed.
+    cut = {"cpu_seconds": 1502.3, "train": {"epochs": 60}}
+    assert ablation.protocol(cut, args).startswith("1500 CPU-seconds")
+
+
 def test_inception_draws_are_disjoint_and_the_first_is_the_single_draw() -> None:
     images = np.arange(50)[:, None, None] * np.ones((1, 2, 2), np.uint8)  # image i is all i
     draws = inception_fid.pick(images, 10, seed=3, where="x", draws=4)

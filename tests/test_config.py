@@ -71,6 +71,8 @@ def test_repo_params_yaml_is_valid_and_complete():
          "crossgen.attributor_features.1: must be one of 'histogram', 'featurenet', "
          "'spectrum' or 'cooccurrence', got 'colour'"),
         ({"crossgen": {"probe_c": 0}}, "crossgen.probe_c: must be > 0.0, got 0"),
+        ({"train": {"lr_decay_start": 1.0}}, "train.lr_decay_start: must be < 1.0, got 1.0"),
+        ({"train": {"lr_decay_start": -0.5}}, "train.lr_decay_start: must be >= 0.0, got -0.5"),
     ],
 )
 def test_bad_params_name_the_key(raw, expected):

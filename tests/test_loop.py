@@ -123,3 +123,38 @@ def test_nonfinite_loss_names_epoch_and_step(data) -> None:
         run_epoch(G, D, opt_g, opt_d, loader, epoch=7, latent_dim=16, num_classes=0,
                   noise=torch.Generator().manual_seed(0), device=torch.device("cpu"),
                   check_every=3)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_lr_decay_changes_training_and_resumes_exactly(tmp_path: Path, data) -> None:
+    """A run with a decay, stopped after epoch 2 of 3 and restarted from its checkpoint, ends
+    where the uninterrupted run does; a constant-rate run does not."""
+    def cfg() -> WorkerConfig:
+        return config(tmp_path, epochs=3, lr_decay_start=0.3)
+
+    straight = LocalHooks(tmp_path / "straight")
+    train_worker(cfg(), *data, straight)
+    constant = LocalHooks(tmp_path / "constant")
+    train_worker(config(tmp_path, epochs=3), *data, constant)
+
+    resumed = LocalHooks(tmp_path / "resumed")
+    report = resumed.report
+
+    def stop_after_epoch_2(metrics: dict, ckpt_dir: Path | None) -> None:
+        report(metrics, ckpt_dir)
+        if metrics["epoch"] == 2:
+            raise _Interrupted
+
+    resumed.report = stop_after_epoch_2
+    with pytest.raises(_Interrupted):
+        train_worker(cfg(), *data, resumed)
+    train_worker(cfg(), *data, resumed)
+    assert [r["epoch"] for r in resumed.reports] == [1, 2, 3]
+    last = {k: resumed.reports[-1][k] for k in ("loss_d", "loss_g", "step")}
+    assert last == {k: straight.reports[-1][k] for k in last}
+    # The decay starts at step int(0.3 * 18) = 5: epoch 1 (steps 0-5) is the constant run's.
+    assert straight.reports[0]["loss_d"] == constant.reports[0]["loss_d"]
+    assert straight.reports[-1]["loss_d"] != constant.reports[-1]["loss_d"]

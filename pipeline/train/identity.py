@@ -8,7 +8,8 @@ It leaves out what only says how far to go or what to draw: `train.epochs` (rais
 continues the same run from its last checkpoint, in the same MLflow run) and `train.grid_size`.
 `max_steps_per_epoch` stays in: it changes what every past epoch was. So does `train.epochs`
 of a DP run (`train.dp.enabled`): its noise is calibrated to the planned epochs, so more epochs
-is another run from the first step.
+is another run from the first step; likewise with a learning-rate decay (`train.lr_decay_start`),
+whose rates follow the planned steps.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def code_hash() -> str:
 
 def run_name(params: Params, data_sha256: str, world_size: int) -> str:
     """`gan-<12 hex>`: equal for equal trajectories so far, so a rerun resumes the same run."""
-    exclude = set(NOT_IDENTITY) - ({"epochs"} if params.train.dp.enabled else set())
+    planned = params.train.dp.enabled or params.train.lr_decay_start is not None
+    exclude = set(NOT_IDENTITY) - ({"epochs"} if planned else set())
     train = params.train.model_dump(mode="json", exclude=exclude)
     return "gan-" + params_hash(params.model, extra={
         "train": train, "seed": params.seed, "world_size": world_size,

@@ -46,6 +46,7 @@ from pipeline.models import (
 )
 from pipeline.train.data import DeviceArrays
 from pipeline.train.ema import GeneratorEMA
+from pipeline.train.schedule import LinearDecay
 from pipeline.train.stats import STAT_NAMES, NonFiniteLossError, RunningStats
 from pipeline.train.steps import GanStep, VaeStep
 
@@ -148,7 +149,8 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
               mode_seeking: float = 0.0, max_steps: int | None = None, step: int = 0,
               check_every: int = 25,
               on_step: Callable[[int, int], None] | None = None, n_critic: int = 1,
-              dp: PrivateDiscriminator | None = None) -> tuple[dict[str, float], int]:
+              dp: PrivateDiscriminator | None = None,
+              schedule: LinearDecay | None = None) -> tuple[dict[str, float], int]:
     """One epoch of training; returns (rank-averaged means, global step).
 
     `loss` is `ns`, `hinge` or `wgan-gp` (a GAN step, `steps.GanStep`) or `elbo` (a VAE step:
@@ -157,7 +159,8 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
     is updated after every G step; `mode_seeking` > 0 adds MSGAN's term to G's loss. A step is
     one batch: it updates D, and every `n_critic`-th step (the epoch's first included) G too;
     `dp` makes D's updates DP-SGD (`loader` then yields its Poisson batches,
-    `PrivateDiscriminator.epoch_batches`). `loader` yields device
+    `PrivateDiscriminator.epoch_batches`); `schedule` sets both rates before every step from
+    the global `step` (the run's, from 0). `loader` yields device
     batches; `noise` is a generator on `device`. The per-step statistics stay on the device;
     every `check_every` steps and at the end they are reduced across ranks (`RunningStats`),
     which raises `NonFiniteLossError` naming the epoch and step of the first NaN/inf loss on
@@ -179,6 +182,8 @@ def run_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
             break
         if on_step is not None:
             on_step(epoch, steps)
+        if schedule is not None:
+            schedule.apply(step)
         stats.add(train_step(real, labels, g_step=steps % n_critic == 0))  # (4,)
         steps += 1
         step += 1
@@ -246,6 +251,11 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
     # Rank 0 keeps the EMA (every rank's G is the same after DDP's all-reduce).
     ema = GeneratorEMA(unwrap(G), cfg.train.ema_decay) if master and cfg.train.ema_decay else None
     dp = _make_private(cfg, D, opt_d, len(images)) if cfg.train.dp.enabled else None
+    schedule = None
+    if cfg.train.lr_decay_start is not None:
+        schedule = LinearDecay([(opt_g, cfg.train.lr_g), (opt_d, cfg.train.lr_d)],
+                               cfg.train.lr_decay_start,
+                               cfg.train.epochs * _steps_per_epoch(cfg, len(images)))
 
     start_epoch, step, history = 1, 0, []  # type: int, int, list[dict[str, Any]]
     # Rank 0 keeps every epoch's grid here; each checkpoint carries them all, so a resume (or
@@ -301,7 +311,7 @@ def train_worker(cfg: WorkerConfig, images: np.ndarray, labels: np.ndarray,
             ema=ema, mode_seeking=cfg.train.mode_seeking,
             max_steps=cfg.train.max_steps_per_epoch, step=step,
             check_every=cfg.check_every, on_step=hooks.on_step, n_critic=cfg.train.n_critic or 1,
-            dp=dp)
+            dp=dp, schedule=schedule)
         seconds = time.perf_counter() - t0
         metrics = {"epoch": epoch, **{k: stats[k] for k in STAT_NAMES},
                    "images_per_s": stats["steps"] * local_batch * world / seconds,

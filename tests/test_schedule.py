@@ -1,0 +1,43 @@
+"""The learning-rate schedule (pipeline/train/schedule.py) against its closed form."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.train.schedule import LinearDecay
+
+
+def adam(lr: float) -> torch.optim.Adam:
+    return torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=lr)
+
+
+@pytest.mark.parametrize("start,total", [(0.0, 10), (0.5, 10), (0.25, 7), (0.9, 3)])
+def test_factor_is_one_then_linear_to_zero_after_the_last_step(start, total) -> None:
+    decay = LinearDecay([(adam(1.0), 1.0)], start, total)
+    first = int(start * total)
+    for step in range(total + 1):
+        want = 1.0 if step <= first else (total - step) / (total - first)
+        assert decay.factor(step) == pytest.approx(want)
+    assert decay.factor(total) == 0.0 and decay.factor(total - 1) > 0  # every step trains
+    rates = [decay.factor(s) for s in range(total)]
+    assert rates == sorted(rates, reverse=True)
+
+
+def test_apply_sets_each_optimizers_own_base_rate_even_after_load_state_dict() -> None:
+    g, d = adam(1e-3), adam(2e-3)
+    decay = LinearDecay([(g, 1e-3), (d, 2e-3)], start=0.0, total_steps=4)
+    decay.apply(2)
+    assert g.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+    assert d.param_groups[0]["lr"] == pytest.approx(1e-3)
+    # A resume loads a checkpointed state (its groups are new dicts) with a decayed rate.
+    saved = g.state_dict()
+    g.load_state_dict(saved)
+    decay.apply(3)
+    assert g.param_groups[0]["lr"] == pytest.approx(0.25e-3)
+
+
+@pytest.mark.parametrize("start,total", [(1.0, 10), (-0.1, 10), (0.5, 0)])
+def test_bad_arguments_are_refused(start, total) -> None:
+    with pytest.raises(ValueError):
+        LinearDecay([(adam(1.0), 1.0)], start, total)
