@@ -291,8 +291,8 @@ def main() -> None:
                         help="train the --only entries without their own @seed<k> from this "
                              "seed instead of params.yaml's (rows name@seed<k>)")
     parser.add_argument("--keep", type=Path, default=None,
-                        help="also copy each variant's generator to DIR/<row>.pt (e.g. for "
-                             "benchmarks/inception_fid.py after `gan-forensics generate`)")
+                        help="also copy each variant's generator to DIR/<row>.pt (for "
+                             "benchmarks/inception_ablation.py)")
     parser.add_argument("--merge", action="store_true",
                         help="add to --out's variants instead of replacing them")
     parser.add_argument("--out", type=Path,
