@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inception_fid import pick
 from pipeline.config import load_params
 from pipeline.generate import sample
 from pipeline.io import write_json
@@ -33,6 +32,8 @@ from pipeline.metrics.evaluate import load_split_images
 from pipeline.metrics.features import extract, inception_extractor
 from pipeline.metrics.frechet import fid_from_features
 from pipeline.models import load_generator
+
+from inception_fid import pick
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +54,12 @@ def main() -> None:
     missing = [str(g) for g in args.generators if not g.is_file()]
     if missing:
         raise SystemExit(f"error: no such generator: {', '.join(missing)}")
+    seed = load_params(ROOT / "params.yaml").seed + 1
+    if args.merge and args.out.is_file():
+        earlier = json.loads(args.out.read_text())
+        if (earlier["n"], earlier["seed"], earlier["fake_seed"]) != (args.n, args.seed, seed):
+            raise SystemExit(f"error: --merge: {args.out} holds rows of another --n, --seed or "
+                             "params.yaml seed; score them into another --out")
     torch.set_num_threads(os.cpu_count() or 1)
     ex = inception_extractor("cpu")
     started = time.monotonic()
@@ -61,7 +68,6 @@ def main() -> None:
     floor = fid_from_features(extract(pick(load_split_images(args.real / "train.npz"), args.n,
                                            args.seed + 2, "train.npz")[0], ex, 50,
                                       "inception floor_train"), reference)
-    seed = load_params(ROOT / "params.yaml").seed + 1
     rows = {}
     for path in args.generators:
         G, meta = load_generator(path)
@@ -77,7 +83,7 @@ def main() -> None:
                                "%Y-%m-%d %H:%M UTC")}
         print(f"{path.stem}: Inception FID {fids[0]:.2f}, ratios "
               f"{', '.join(f'{r:.3f}' for r in ratios)} (floor {floor:.2f})", flush=True)
-    if args.merge and args.out.is_file():
+    if args.merge and args.out.is_file():  # of the same --n and seeds: checked above
         rows = {**json.loads(args.out.read_text())["rows"], **rows}
     write_json(args.out, {
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),

@@ -1,6 +1,7 @@
-"""Quality per CPU-minute: each training technique (params) trained for the same CPU time,
-scored with the pipeline's own metrics (domain FID/KID/precision/recall at N, beside the real
-floor), on the prepared data and the pipeline's FeatureNet.
+"""Quality per CPU-minute: each training technique (params) trained for the same CPU time (or,
+for the variants that set their epochs, the same steps), scored with the pipeline's own metrics
+(domain FID/KID/precision/recall at N, beside the real floor), on the prepared data and the
+pipeline's FeatureNet.
 
     dvc repro featurenet     # data/prepared + models/featurenet.pt
     .venv/bin/python benchmarks/quality_ablation.py --seconds 480 --parallel 2
@@ -10,7 +11,7 @@ trains in-process (`pipeline.train.loop.train_worker`, one thread per variant, `
 variants at a time) and stops after the first epoch that ends past `--seconds` of its own CPU
 time (`time.process_time`: equal compute, whatever else loads the machine), or when it has
 trained the `epochs` its variant sets (the `default_6ep*` rows: the pipeline's exact length,
-with `--steps-per-epoch 360`, which a learning-rate decay needs to know). Its exported
+360 steps each, which a learning-rate decay needs to know). Its exported
 generator (the EMA one when on) is sampled (`pipeline.generate.sample`) and scored
 (`pipeline.metrics.evaluate.evaluate_quality`, domain space only: Inception costs ~6 images/s
 here); a conditional one also gets the audit stage's TSTR accuracy (`privacy.tstr_*`: the
@@ -53,6 +54,8 @@ CONDITIONAL: dict[str, Any] = {"conditional": True, "d_conditioning": "projectio
 FAST_G_B64: dict[str, Any] = {"lr_g": 1e-3, "lr_d": 5e-4, "batch_size": 64}
 # On top of it, the default since 2026-12-07 10:12: mode seeking, the EMA and D at 2x G's rate.
 FASTER_D: dict[str, Any] = {"mode_seeking": 1.0, "ema_decay": 0.99, "lr_d": 2e-3}
+# The default pipeline's length (params.yaml): a variant with its own epochs trains exactly them.
+PIPELINE_LENGTH: dict[str, Any] = {"epochs": 6, "max_steps_per_epoch": 360}
 
 
 def _old(model: dict[str, Any] | None = None, **train: Any,
@@ -105,18 +108,18 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "cond_ms_ema_99_wide_d": _cond({"d_features": 96}, mode_seeking=1.0, ema_decay=0.99),
     "cond_ms_ema_99_faster_d": _cond(mode_seeking=1.0, ema_decay=0.99, lr_d=2e-3),
     "cond_ms_ema_99_fastest_d": _cond(mode_seeking=1.0, ema_decay=0.99, lr_d=4e-3),
-    # The faster_d default at the pipeline's exact length (6 epochs; run with
-    # --steps-per-epoch 360 and --seconds past it), with both rates decaying linearly to 0
-    # over the whole run (SN-GAN's schedule) or over its second half (train.lr_decay_start).
-    "default_6ep": _cond(**FASTER_D, epochs=6),
-    "default_6ep_decay_0": _cond(**FASTER_D, epochs=6, lr_decay_start=0.0),
-    "default_6ep_decay_05": _cond(**FASTER_D, epochs=6, lr_decay_start=0.5),
-    # The same length: a longer EMA, D at 1x G's rate, Adam without momentum (beta1 0).
-    "default_6ep_ema_995": _cond(**{**FASTER_D, "ema_decay": 0.995}, epochs=6),
-    "default_6ep_fast_d": _cond(**{**FASTER_D, "lr_d": 1e-3}, epochs=6),
-    "default_6ep_lr_d_15": _cond(**{**FASTER_D, "lr_d": 1.5e-3}, epochs=6),
-    "default_6ep_beta1_0": _cond(**FASTER_D, epochs=6, beta1=0.0),
-    "default_6ep_ema_995_decay_05": _cond(**{**FASTER_D, "ema_decay": 0.995}, epochs=6,
+    # The faster_d default at the pipeline's exact length (6 x 360 steps, whatever
+    # --steps-per-epoch says; --seconds must lie past it), with both rates decaying linearly to
+    # 0 over the whole run (SN-GAN's schedule) or over its second half (train.lr_decay_start).
+    "default_6ep": _cond(**PIPELINE_LENGTH, **FASTER_D),
+    "default_6ep_decay_0": _cond(**PIPELINE_LENGTH, **FASTER_D, lr_decay_start=0.0),
+    "default_6ep_decay_05": _cond(**PIPELINE_LENGTH, **FASTER_D, lr_decay_start=0.5),
+    # The same length: a longer EMA, D at 1x and 0.75x G's rate, Adam without momentum.
+    "default_6ep_ema_995": _cond(**PIPELINE_LENGTH, **{**FASTER_D, "ema_decay": 0.995}),
+    "default_6ep_fast_d": _cond(**PIPELINE_LENGTH, **{**FASTER_D, "lr_d": 1e-3}),
+    "default_6ep_lr_d_15": _cond(**PIPELINE_LENGTH, **{**FASTER_D, "lr_d": 1.5e-3}),
+    "default_6ep_beta1_0": _cond(**PIPELINE_LENGTH, **FASTER_D, beta1=0.0),
+    "default_6ep_ema_995_decay_05": _cond(**PIPELINE_LENGTH, **{**FASTER_D, "ema_decay": 0.995},
                                           lr_decay_start=0.5),
 }
 # channels_last changes speed, not what a step computes: it is measured in train_throughput.py.
@@ -128,8 +131,8 @@ class TimeUp(Exception):
 
 def train_variant(name: str, seconds: float, steps_per_epoch: int, out: str,
                   seed: int | None = None) -> dict[str, Any]:
-    """Train one variant for ~`seconds` of CPU time on 1 thread, from `seed` (None: params.yaml's
-    seed); write its generator to `out`."""
+    """Train one variant on 1 thread for ~`seconds` of CPU time, or for its own `epochs` if that
+    ends first, from `seed` (None: params.yaml's seed); write its generator to `out`."""
     import torch
 
     from pipeline.config import ModelConfig, TrainConfig, load_params
@@ -169,6 +172,7 @@ def train_variant(name: str, seconds: float, steps_per_epoch: int, out: str,
     shutil.rmtree(keep, ignore_errors=True)
     return {"cpu_seconds": round(time.process_time() - start, 1),
             "wall_seconds": round(time.perf_counter() - wall, 1), "steps": state["step"],
+            "epochs_trained": state["epoch"],
             "images_per_s": float(np.median([h["images_per_s"] for h in history])),
             "model": model_over, "train": train_over, "seed": seed}
 
@@ -266,11 +270,15 @@ def resolve_jobs(only: list[tuple[str, int | None]], seed: int | None
 
 
 def protocol(info: dict[str, Any], args: argparse.Namespace) -> str:
-    """How a row was trained: for `--seconds` of CPU time, or for its variant's own
-    `epochs` x `--steps-per-epoch` steps when that ended first."""
+    """How a row was trained: for `--seconds` of CPU time, or for all of its variant's own
+    `epochs` when they ended first (rows before `epochs_trained`: its steps say so)."""
     epochs = info.get("train", {}).get("epochs")
-    if epochs is not None and info.get("cpu_seconds", args.seconds) <= args.seconds:
-        length = (f"{epochs} x {args.steps_per_epoch} steps (the variant's train.epochs) "
+    trained = info.get("epochs_trained")
+    if trained is None and epochs:
+        per_epoch = info.get("train", {}).get("max_steps_per_epoch") or args.steps_per_epoch
+        trained = info.get("steps", 0) // per_epoch
+    if epochs is not None and trained == epochs:
+        length = (f"{epochs} x {info['steps'] // epochs} steps (the variant's train.epochs) "
                   f"on 1 thread")
     else:
         length = f"{args.seconds:.0f} CPU-seconds of training on 1 thread"
@@ -280,7 +288,7 @@ def protocol(info: dict[str, Any], args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=480.0,
-                        help="training CPU time per variant")
+                        help="training CPU time per variant (a cap for those that set epochs)")
     parser.add_argument("--parallel", type=int, default=2, help="variants trained at once")
     parser.add_argument("--steps-per-epoch", type=int, default=100)
     parser.add_argument("--n", type=int, default=10_000, help="fakes and real images scored")

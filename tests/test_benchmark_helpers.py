@@ -56,14 +56,23 @@ def test_two_entries_for_one_result_are_refused(only, seed) -> None:
 
 
 def test_a_row_s_protocol_names_what_ended_its_training() -> None:
-    args = argparse.Namespace(seconds=1500.0, steps_per_epoch=360, parallel=2, n=10_000)
-    fixed = {"cpu_seconds": 276.0, "train": {"epochs": 6, "lr_d": 2e-3}}
-    timed = {"cpu_seconds": 1502.3, "train": {"lr_d": 2e-3}}
+    args = argparse.Namespace(seconds=1500.0, steps_per_epoch=100, parallel=2, n=10_000)
+    fixed = {"cpu_seconds": 276.0, "steps": 2160, "epochs_trained": 6,
+             "train": {"epochs": 6, "max_steps_per_epoch": 360}}
     assert ablation.protocol(fixed, args).startswith("6 x 360 steps (the variant's train.epochs)")
+    # All its epochs, finished just past the budget (checkpoint I/O counts as CPU time too).
+    late = {**fixed, "cpu_seconds": 1500.4}
+    assert ablation.protocol(late, args).startswith("6 x 360 steps")
+    timed = {"cpu_seconds": 1502.3, "steps": 4100, "epochs_trained": 41, "train": {"lr_d": 2e-3}}
     assert ablation.protocol(timed, args).startswith("1500 CPU-seconds of training on 1 thread")
     # A variant with epochs that the CPU budget stopped first was timed, not fixed.
-    cut = {"cpu_seconds": 1502.3, "train": {"epochs": 60}}
+    cut = {"cpu_seconds": 1502.3, "steps": 4000, "epochs_trained": 40, "train": {"epochs": 60}}
     assert ablation.protocol(cut, args).startswith("1500 CPU-seconds")
+    # Rows written before epochs_trained: their steps over the flag's epoch length say it.
+    old = {"cpu_seconds": 276.0, "steps": 2160, "train": {"epochs": 6}}
+    flag = argparse.Namespace(**{**vars(args), "steps_per_epoch": 360})
+    assert ablation.protocol(old, flag).startswith("6 x 360 steps")
+    assert ablation.protocol({**old, "steps": 1800}, flag).startswith("1500 CPU-seconds")
 
 
 def test_inception_draws_are_disjoint_and_the_first_is_the_single_draw() -> None:

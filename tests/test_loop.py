@@ -133,12 +133,12 @@ def test_lr_decay_changes_training_and_resumes_exactly(tmp_path: Path, data) -> 
     """A run with a decay, stopped after epoch 2 of 3 and restarted from its checkpoint, ends
     where the uninterrupted run does; a constant-rate run does not."""
     def cfg() -> WorkerConfig:
-        return config(tmp_path, epochs=3, lr_decay_start=0.3)
+        return config(tmp_path, epochs=3, lr_g=1e-3, lr_d=2e-3, lr_decay_start=0.3)
 
     straight = LocalHooks(tmp_path / "straight")
     train_worker(cfg(), *data, straight)
     constant = LocalHooks(tmp_path / "constant")
-    train_worker(config(tmp_path, epochs=3), *data, constant)
+    train_worker(config(tmp_path, epochs=3, lr_g=1e-3, lr_d=2e-3), *data, constant)
 
     resumed = LocalHooks(tmp_path / "resumed")
     report = resumed.report
@@ -155,6 +155,11 @@ def test_lr_decay_changes_training_and_resumes_exactly(tmp_path: Path, data) -> 
     assert [r["epoch"] for r in resumed.reports] == [1, 2, 3]
     last = {k: resumed.reports[-1][k] for k in ("loss_d", "loss_g", "step")}
     assert last == {k: straight.reports[-1][k] for k in last}
-    # The decay starts at step int(0.3 * 18) = 5: epoch 1 (steps 0-5) is the constant run's.
+    # The decay starts after step floor(0.3 x 18) = 5: epoch 1 (steps 0-5) is the constant
+    # run's; the last step (17) ran at (18 - 17) / (18 - 5) of each optimizer's own rate.
     assert straight.reports[0]["loss_d"] == constant.reports[0]["loss_d"]
     assert straight.reports[-1]["loss_d"] != constant.reports[-1]["loss_d"]
+    last_state = load_checkpoint(tmp_path / "resumed" / "epoch_003" / STATE_FILE)
+    train = cfg().train
+    assert last_state["opt_g"]["param_groups"][0]["lr"] == pytest.approx(train.lr_g / 13)
+    assert last_state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(train.lr_d / 13)

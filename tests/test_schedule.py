@@ -12,16 +12,16 @@ def adam(lr: float) -> torch.optim.Adam:
     return torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=lr)
 
 
-@pytest.mark.parametrize("start,total", [(0.0, 10), (0.5, 10), (0.25, 7), (0.9, 3)])
-def test_factor_is_one_then_linear_to_zero_after_the_last_step(start, total) -> None:
+@pytest.mark.parametrize("start,total,factors", [
+    (0.0, 4, [1, 0.75, 0.5, 0.25]),
+    (0.5, 10, [1, 1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2]),
+    (0.25, 7, [1, 1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]),
+    (0.29, 100, [1] * 30 + [(100 - s) / 71 for s in range(30, 100)]),  # 0.29 x 100 is 28.99...
+])
+def test_factor_is_one_then_linear_to_zero_after_the_last_step(start, total, factors) -> None:
     decay = LinearDecay([(adam(1.0), 1.0)], start, total)
-    first = int(start * total)
-    for step in range(total + 1):
-        want = 1.0 if step <= first else (total - step) / (total - first)
-        assert decay.factor(step) == pytest.approx(want)
-    assert decay.factor(total) == 0.0 and decay.factor(total - 1) > 0  # every step trains
-    rates = [decay.factor(s) for s in range(total)]
-    assert rates == sorted(rates, reverse=True)
+    assert [decay.factor(s) for s in range(total)] == pytest.approx(factors)
+    assert decay.factor(total) == 0.0
 
 
 def test_apply_sets_each_optimizers_own_base_rate_even_after_load_state_dict() -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from pipeline.config import Params, params_hash
 
-# train.* keys that do not change the trajectory of the epochs already trained.
+# train.* keys that do not change the trajectory of the epochs already trained (epochs does
+# under DP-SGD or a learning-rate decay: `run_name` keeps it then).
 NOT_IDENTITY = frozenset({"epochs", "grid_size"})
 
 

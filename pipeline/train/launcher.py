@@ -140,14 +140,12 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 @contextlib.contextmanager
 def ray_session(params: Params) -> Iterator[str]:
     """Connect to `ray.address` / `$RAY_ADDRESS`, else start an embedded local Ray (stopped on
-    exit, with a private short temp dir, in `LOCAL_ENV`). An already initialised Ray (tests) is
+    exit, with a private short temp dir, in `LOCAL_ENV`, its GCS on a free loopback port whose
+    address its job's processes get as RAY_ADDRESS). An already initialised Ray (tests) is
     used as is."""
     address = params.ray.address or os.environ.get("RAY_ADDRESS")
-    # The embedded Ray's GCS port is chosen here (RAY_GCS_SERVER_PORT), so that its job's
-    # workers and actors can be told their own cluster's address (RAY_ADDRESS below).
-    local = {**LOCAL_ENV, "RAY_GCS_SERVER_PORT": str(_free_loopback_port())}
     # Before Ray's first import: it reads some of LOCAL_ENV into module constants.
-    with _environ({} if address else local):
+    with _environ({} if address else LOCAL_ENV):
         import ray
 
         if ray.is_initialized():
@@ -168,13 +166,16 @@ def ray_session(params: Params) -> Iterator[str]:
             cpus = (workers * params.ray.cpus_per_worker if isinstance(workers, int)
                     else os.cpu_count() or 1)
             temp_dir = tempfile.mkdtemp(prefix="rgf-", dir="/tmp")  # unix sockets: short paths
-            # Ray's own lookups that take no address (Train's placement-group cleaner asks the
-            # state API) otherwise scan the machine for GCS processes, and fail with "Found
-            # multiple active Ray instances" while another Ray runs on it (a second stage).
-            own = f"127.0.0.1:{os.environ['RAY_GCS_SERVER_PORT']}"
-            ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING,
-                     _temp_dir=temp_dir, logging_config=quiet,
-                     runtime_env={"env_vars": {"RAY_ADDRESS": own}})
+            # The GCS port is chosen here (RAY_GCS_SERVER_PORT, the user's if set) so that the
+            # job's workers and actors can be told their own cluster's address: Ray's lookups
+            # that take no address (Train's placement-group cleaner asks the state API)
+            # otherwise scan the machine for GCS processes, and fail with "Found multiple
+            # active Ray instances" while another Ray runs on it (a second stage).
+            with _environ({"RAY_GCS_SERVER_PORT": str(_free_loopback_port())}):
+                own = f"127.0.0.1:{os.environ['RAY_GCS_SERVER_PORT']}"
+                ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING,
+                         _temp_dir=temp_dir, logging_config=quiet,
+                         runtime_env={"env_vars": {"RAY_ADDRESS": own}})
         if callable(on_term) and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_term)
         try:

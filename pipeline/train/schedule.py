@@ -13,6 +13,7 @@ on `total_steps`: a run with a decay is another run when its epochs change (iden
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -28,7 +29,8 @@ class LinearDecay:
         # (optimizer, base rate): the groups are looked up at every step, since an optimizer's
         # load_state_dict replaces its param_groups.
         self.optimizers = list(optimizers)
-        self.first = int(start * total_steps)  # the last step at the full rate
+        # The last step at the full rate (the epsilon: 0.29 x 100 is 28.999... in floats).
+        self.first = math.floor(start * total_steps + 1e-9)
         self.total_steps = total_steps
 
     def factor(self, step: int) -> float:
