@@ -16,6 +16,7 @@ without it only what changed runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -31,6 +32,20 @@ from train_throughput import gemm_gflops  # noqa: E402 - a sibling script, not a
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 EPOCH_LINE = re.compile(r"\bepoch \d+/\d+ loss_d=")
+
+
+def cpu_model() -> str:
+    """The host CPU as /proc/cpuinfo names it, with its family and model numbers: hosts of this
+    VM kind differ in CPU generation, and the GEMM rate does not follow the training speed
+    across them (README "Results")."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    if "model name" not in fields:
+        return platform.processor() or "unknown"
+    return f"{fields['model name']}, family {fields.get('cpu family')} model {fields.get('model')}"
 
 
 def main() -> None:
@@ -67,6 +82,7 @@ def main() -> None:
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "cpu": cpu_model(),
         "gemm_gflop_per_s": {"before": round(gemm_before, 1), "after": round(gemm_after, 1)},
         "command": " ".join(cmd), "total_s": round(total, 1), "stages_s": stages,
         "train_epoch_lines": epoch_lines, "output_lines": lines,

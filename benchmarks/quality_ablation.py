@@ -10,8 +10,8 @@ Each variant is `params.yaml`'s model/train sections with a few overrides (`VARI
 trains in-process (`pipeline.train.loop.train_worker`, one thread per variant, `--parallel`
 variants at a time) and stops after the first epoch that ends past `--seconds` of its own CPU
 time (`time.process_time`: equal compute, whatever else loads the machine), or when it has
-trained the `epochs` its variant sets (the `default_6ep*` rows: the pipeline's exact length,
-360 steps each, which a learning-rate decay needs to know). Its exported
+trained the `epochs` its variant sets (the `default_<k>ep*` rows: k x 360 steps, the
+pipeline's exact lengths, which a learning-rate decay needs to know). Its exported
 generator (the EMA one when on) is sampled (`pipeline.generate.sample`) and scored
 (`pipeline.metrics.evaluate.evaluate_quality`, domain space only: Inception costs ~6 images/s
 here); a conditional one also gets the audit stage's TSTR accuracy (`privacy.tstr_*`: the
@@ -54,8 +54,9 @@ CONDITIONAL: dict[str, Any] = {"conditional": True, "d_conditioning": "projectio
 FAST_G_B64: dict[str, Any] = {"lr_g": 1e-3, "lr_d": 5e-4, "batch_size": 64}
 # On top of it, the default since 2026-12-07 10:12: mode seeking, the EMA and D at 2x G's rate.
 FASTER_D: dict[str, Any] = {"mode_seeking": 1.0, "ema_decay": 0.99, "lr_d": 2e-3}
-# The default pipeline's length (params.yaml): a variant with its own epochs trains exactly them.
-PIPELINE_LENGTH: dict[str, Any] = {"epochs": 6, "max_steps_per_epoch": 360}
+# The default pipeline's length until 2026-12-07 19:10 (8 epochs since): a variant with its own
+# epochs trains exactly them.
+SIX_EPOCHS: dict[str, Any] = {"epochs": 6, "max_steps_per_epoch": 360}
 
 
 def _old(model: dict[str, Any] | None = None, **train: Any,
@@ -108,19 +109,28 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "cond_ms_ema_99_wide_d": _cond({"d_features": 96}, mode_seeking=1.0, ema_decay=0.99),
     "cond_ms_ema_99_faster_d": _cond(mode_seeking=1.0, ema_decay=0.99, lr_d=2e-3),
     "cond_ms_ema_99_fastest_d": _cond(mode_seeking=1.0, ema_decay=0.99, lr_d=4e-3),
-    # The faster_d default at the pipeline's exact length (6 x 360 steps, whatever
+    # The faster_d default at the pipeline's length then (6 x 360 steps, whatever
     # --steps-per-epoch says; --seconds must lie past it), with both rates decaying linearly to
     # 0 over the whole run (SN-GAN's schedule) or over its second half (train.lr_decay_start).
-    "default_6ep": _cond(**PIPELINE_LENGTH, **FASTER_D),
-    "default_6ep_decay_0": _cond(**PIPELINE_LENGTH, **FASTER_D, lr_decay_start=0.0),
-    "default_6ep_decay_05": _cond(**PIPELINE_LENGTH, **FASTER_D, lr_decay_start=0.5),
+    "default_6ep": _cond(**SIX_EPOCHS, **FASTER_D),
+    "default_6ep_decay_0": _cond(**SIX_EPOCHS, **FASTER_D, lr_decay_start=0.0),
+    "default_6ep_decay_05": _cond(**SIX_EPOCHS, **FASTER_D, lr_decay_start=0.5),
     # The same length: a longer EMA, D at 1x and 0.75x G's rate, Adam without momentum.
-    "default_6ep_ema_995": _cond(**PIPELINE_LENGTH, **{**FASTER_D, "ema_decay": 0.995}),
-    "default_6ep_fast_d": _cond(**PIPELINE_LENGTH, **{**FASTER_D, "lr_d": 1e-3}),
-    "default_6ep_lr_d_15": _cond(**PIPELINE_LENGTH, **{**FASTER_D, "lr_d": 1.5e-3}),
-    "default_6ep_beta1_0": _cond(**PIPELINE_LENGTH, **FASTER_D, beta1=0.0),
-    "default_6ep_ema_995_decay_05": _cond(**PIPELINE_LENGTH, **{**FASTER_D, "ema_decay": 0.995},
+    "default_6ep_ema_995": _cond(**SIX_EPOCHS, **{**FASTER_D, "ema_decay": 0.995}),
+    "default_6ep_fast_d": _cond(**SIX_EPOCHS, **{**FASTER_D, "lr_d": 1e-3}),
+    "default_6ep_lr_d_15": _cond(**SIX_EPOCHS, **{**FASTER_D, "lr_d": 1.5e-3}),
+    "default_6ep_beta1_0": _cond(**SIX_EPOCHS, **FASTER_D, beta1=0.0),
+    "default_6ep_ema_995_decay_05": _cond(**SIX_EPOCHS, **{**FASTER_D, "ema_decay": 0.995},
                                           lr_decay_start=0.5),
+    # The same length: both rates doubled (D still 2x G's), Adam's beta2 0.99.
+    "default_6ep_fast_rates": _cond(**SIX_EPOCHS, **{**FASTER_D, "lr_d": 4e-3}, lr_g=2e-3),
+    "default_6ep_beta2_99": _cond(**SIX_EPOCHS, **FASTER_D, beta2=0.99),
+    # The same length: the class also modulates every BatchNorm of G (model.g_conditioning).
+    "default_6ep_cbn": _cond({"g_conditioning": "batchnorm"}, **SIX_EPOCHS, **FASTER_D),
+    # The default recipe for longer: what the quality goals need in steps (360 per epoch;
+    # default_8ep is the default pipeline's length since 2026-12-07 19:10).
+    "default_8ep": _cond(**{**SIX_EPOCHS, "epochs": 8}, **FASTER_D),
+    "default_10ep": _cond(**{**SIX_EPOCHS, "epochs": 10}, **FASTER_D),
 }
 # channels_last changes speed, not what a step computes: it is measured in train_throughput.py.
 

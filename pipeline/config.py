@@ -70,6 +70,9 @@ class ModelConfig(Section):
     # How a conditional D reads the label: plane (a learned per-class image plane beside the
     # input) | projection (a per-class row added to D's linear head: Miyato & Koyama 2018).
     d_conditioning: Literal["plane", "projection"] = "plane"
+    # How a conditional G reads it: input (its embedding beside z) | batchnorm (also a per-class
+    # gain and bias of every BatchNorm in G: conditional BatchNorm, de Vries et al. 2017).
+    g_conditioning: Literal["input", "batchnorm"] = "input"
     g_upsample: Literal["deconv", "resize"] = "deconv"  # G's x2 steps: transposed conv | NN+conv
     # D's normalisation; layer = GroupNorm with one group (per image: a WGAN-GP critic's).
     d_norm: Literal["batch", "spectral", "layer", "none"] = "batch"
@@ -144,6 +147,7 @@ ARCH_PRESETS: dict[str, dict[str, tuple[Any, list[Any] | None]]] = {
     # Kingma & Welling 2014: no discriminator, so no D-only techniques; unconditional only.
     "vae": {"train.loss": ("elbo", ["elbo"]), "train.n_critic": (1, [1]),
             "model.conditional": (False, [False]), "model.d_conditioning": ("plane", ["plane"]),
+            "model.g_conditioning": ("input", ["input"]),
             "train.r1_gamma": (0.0, [0.0]), "train.mode_seeking": (0.0, [0.0]),
             "train.diffaugment": ([], [[]])},
 }

@@ -144,7 +144,7 @@ def test_repo_zoo_is_what_the_pipeline_trains():
 @pytest.mark.parametrize("section, key, value", [
     ("train", "loss", "hinge"), ("train", "r1_gamma", 1.0), ("train", "diffaugment", ["color"]),
     ("train", "n_critic", 2), ("model", "d_norm", "spectral"), ("model", "conditional", True),
-    ("model", "d_conditioning", "projection")])
+    ("model", "d_conditioning", "projection"), ("model", "g_conditioning", "batchnorm")])
 def test_a_default_model_variant_leaves_the_other_archs_of_the_repo_zoo_valid(section, key,
                                                                              value):
     """`dvc exp run -S train.loss=hinge` (a DCGAN variant) must not make the repo's VAE,
@@ -155,5 +155,6 @@ def test_a_default_model_variant_leaves_the_other_archs_of_the_repo_zoo_valid(se
     assert getattr(getattr(parse_params(raw, family="dcgan-seed1"), section), key) == value
     vae, wgan = parse_params(raw, family="vae"), parse_params(raw, family="wgan-gp")
     assert (vae.train.loss, vae.train.r1_gamma, vae.model.conditional,
-            vae.model.d_conditioning) == ("elbo", 0.0, False, "plane")
+            vae.model.d_conditioning, vae.model.g_conditioning) == (
+                "elbo", 0.0, False, "plane", "input")
     assert (wgan.train.loss, wgan.model.d_norm, wgan.train.n_critic) == ("wgan-gp", "layer", 2)

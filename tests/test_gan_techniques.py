@@ -15,6 +15,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.models import build_models, load_checkpoint
+from pipeline.models.dcgan import ConditionalBatchNorm2d
 from pipeline.train.augment import color, cutout, diff_augment, translation
 from pipeline.train.ema import GeneratorEMA
 from pipeline.train.loop import STATE_FILE, LocalHooks, WorkerConfig, train_worker
@@ -202,6 +203,54 @@ def test_model_variants(upsample: str, norm: str) -> None:
         assert conv.parametrizations.weight.original.std().item() == pytest.approx(0.02, rel=0.2)
 
 
+# -- conditional BatchNorm in G (model.g_conditioning: batchnorm) ----------------------------------
+def test_conditional_batchnorm_is_batchnorm_times_one_plus_gain_plus_bias() -> None:
+    torch.manual_seed(0)
+    cbn = ConditionalBatchNorm2d(3, num_classes=4)
+    x, y = torch.randn(6, 3, 5, 5) * 2 + 1, torch.tensor([0, 1, 2, 3, 0, 1])
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    w, b = cbn.norm.weight[None, :, None, None], cbn.norm.bias[None, :, None, None]
+    normed = (x - mean) / torch.sqrt(var + cbn.norm.eps) * w + b  # BatchNorm, train mode
+    torch.testing.assert_close(cbn(x, y), normed)  # gain and bias start at 0: plain BatchNorm
+    with torch.no_grad():
+        cbn.gain.weight.copy_(torch.randn(4, 3))
+        cbn.bias.weight.copy_(torch.randn(4, 3))
+    gain, bias = cbn.gain.weight[y][:, :, None, None], cbn.bias.weight[y][:, :, None, None]
+    torch.testing.assert_close(cbn(x, y), normed * (1 + gain) + bias)
+    cl = cbn(x.contiguous(memory_format=torch.channels_last), y)
+    assert cl.is_contiguous(memory_format=torch.channels_last)  # no layout switch in G
+    torch.testing.assert_close(cl, normed * (1 + gain) + bias)
+
+
+def test_a_batchnorm_conditioned_generator_is_modulated_per_class() -> None:
+    """Every BatchNorm of G becomes a ConditionalBatchNorm2d (only when G is conditional); its
+    class gains reach G's output, and they train."""
+    cfg = {"latent_dim": 8, "g_features": 8, "d_features": 8, "conditional": True,
+           "embed_dim": 4, "g_conditioning": "batchnorm"}
+    torch.manual_seed(0)
+    G, _ = build_models(cfg, (1, 28, 28), 10)
+    norms = [m for m in G.modules() if isinstance(m, ConditionalBatchNorm2d)]
+    assert len(norms) == 2 and not any(isinstance(m, nn.BatchNorm2d) for m in G.net)
+    unconditional, _ = build_models({**cfg, "conditional": False}, (1, 28, 28), 10)
+    assert not any(isinstance(m, ConditionalBatchNorm2d) for m in unconditional.modules())
+    G.eval()
+    z, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
+    before = G(z, y)
+    with torch.no_grad():
+        norms[0].bias.weight[2] += 1.0  # class 2's bias of the first BatchNorm
+    after = G(z, y)
+    assert torch.equal(before[[0, 1, 3]], after[[0, 1, 3]]) and not torch.equal(before[2],
+                                                                                  after[2])
+    G.train()
+    G(z, y).sum().backward()
+    assert norms[1].gain.weight.grad[y].abs().sum() > 0  # the labels' rows get gradients
+    assert norms[1].gain.weight.grad[4:].abs().sum() == 0  # the others none
+    ema = GeneratorEMA(G, decay=0.99)  # the EMA re-estimates the statistics inside them
+    ema.recompute_batchnorm(lambda: (torch.randn(64, 8), torch.randint(0, 10, (64,))), 2)
+    assert not torch.equal(ema.model.net[1].norm.running_mean, norms[0].norm.running_mean)
+
+
 # -- all together through the loop ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits28() -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -217,7 +266,8 @@ def digits28() -> tuple[np.ndarray, np.ndarray, list[str]]:
 def _cfg(epochs: int, conditional: bool = False) -> WorkerConfig:
     return WorkerConfig(
         model=ModelConfig(latent_dim=16, g_features=8, d_features=8, g_upsample="resize",
-                          d_norm="spectral", conditional=conditional, embed_dim=4),
+                          d_norm="spectral", conditional=conditional, embed_dim=4,
+                          g_conditioning="batchnorm"),
         train=TrainConfig(epochs=epochs, batch_size=32, max_steps_per_epoch=4, grid_size=16,
                           loss="hinge", r1_gamma=1.0, ema_decay=0.99, mode_seeking=1.0,
                           diffaugment=["color", "translation", "cutout"]),
@@ -240,5 +290,5 @@ def test_every_technique_trains_and_resumes_exactly(tmp_path: Path, digits28,
     for key, value in a["generator_ema"]["model"].items():  # the EMA resumed exactly too
         assert torch.equal(value, b["generator_ema"]["model"][key]), key
     # The EMA is a different model from the raw G (averaged, own BN statistics).
-    assert not torch.equal(a["generator_ema"]["model"]["net.1.running_mean"],
-                           a["generator"]["net.1.running_mean"])
+    stat = "net.1.norm.running_mean" if conditional else "net.1.running_mean"
+    assert not torch.equal(a["generator_ema"]["model"][stat], a["generator"][stat])

@@ -3,7 +3,9 @@
 Radford et al. 2015 (arXiv:1511.06434): transposed-conv generator with BatchNorm + ReLU and a tanh
 output in [-1, 1]; strided-conv discriminator with LeakyReLU(0.2) and BatchNorm after its first
 layer. The discriminator returns LOGITS (train it with `BCEWithLogitsLoss`). Conditional mode:
-G sees `[z, embed(y)]`; D reads the label by `model.d_conditioning`:
+G sees `[z, embed(y)]` (and, with `model.g_conditioning: batchnorm`, the class also sets a
+gain and a bias of every BatchNorm in G: conditional BatchNorm, de Vries et al. 2017, as in
+SN-GAN's and BigGAN's generators); D reads the label by `model.d_conditioning`:
 - `plane`: the image plus one extra channel, a learned per-class plane;
 - `projection` (Miyato & Koyama, ICLR 2018): D's last layer is a linear head w on its final
   feature map h; the class adds its own learned row, logit = <w + E[y], h>.
@@ -63,6 +65,24 @@ def _norm(kind: str, channels: int) -> list[nn.Module]:
     return [nn.GroupNorm(1, channels)] if kind == "layer" else []
 
 
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm whose affine output is modulated per class: BN(x) * (1 + gain[y]) + bias[y].
+    gain and bias start at 0, so at init it is the plain (DCGAN-initialised) BatchNorm."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.bias = nn.Embedding(num_classes, channels)
+        nn.init.zeros_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        gain = self.gain(labels).to(x.dtype)[:, :, None, None]  # (B, C, 1, 1)
+        bias = self.bias(labels).to(x.dtype)[:, :, None, None]
+        return torch.addcmul(bias, self.norm(x), 1 + gain)  # keeps x's memory format
+
+
 def _up_deconv(c_in: int, c_out: int, bias: bool = False) -> list[nn.Module]:
     return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=bias)]  # side x2
 
@@ -76,30 +96,42 @@ class Generator(nn.Module):
     """z (B, latent_dim) [+ labels (B,)] -> images (B, C, H, W) in [-1, 1]."""
 
     def __init__(self, latent_dim: int, features: int, channels: int, image_size: int,
-                 num_classes: int = 0, embed_dim: int = 16, upsample: str = "deconv") -> None:
+                 num_classes: int = 0, embed_dim: int = 16, upsample: str = "deconv",
+                 conditioning: str = "input") -> None:
         super().__init__()
+        if conditioning not in ("input", "batchnorm"):
+            raise ValueError(f"conditioning must be input or batchnorm, got {conditioning!r}")
         start, ups = _plan(image_size)
         up = _up_resize if upsample == "resize" else _up_deconv
         self.latent_dim, self.num_classes = latent_dim, num_classes
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
+        cbn = bool(num_classes) and conditioning == "batchnorm"
+
+        def norm(channels: int) -> nn.Module:
+            return (ConditionalBatchNorm2d(channels, num_classes) if cbn
+                    else nn.BatchNorm2d(channels))
+
         in_dim = latent_dim + (embed_dim if num_classes else 0)
         width = features * 2 ** (ups - 1)  # halves at every upsampling, ends at `features`
         layers: list[nn.Module] = [
             nn.ConvTranspose2d(in_dim, width, start, 1, 0, bias=False),  # (B, width, s, s)
-            nn.BatchNorm2d(width), nn.ReLU(True),
+            norm(width), nn.ReLU(True),
         ]
         for _ in range(ups - 1):
-            layers += [*up(width, width // 2), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            layers += [*up(width, width // 2), norm(width // 2), nn.ReLU(True)]
             width //= 2
         layers += [*up(width, channels), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if self.embed is not None:
-            if labels is None:
-                raise ValueError("conditional generator needs labels")
-            z = torch.cat([z, self.embed(labels)], dim=1)  # (B, latent + embed)
-        return self.net(z[:, :, None, None])  # (B, C, H, W)
+        if self.embed is None:
+            return self.net(z[:, :, None, None])  # (B, C, H, W)
+        if labels is None:
+            raise ValueError("conditional generator needs labels")
+        x = torch.cat([z, self.embed(labels)], dim=1)[:, :, None, None]  # (B, latent + embed)
+        for layer in self.net:
+            x = layer(x, labels) if isinstance(layer, ConditionalBatchNorm2d) else layer(x)
+        return x  # (B, C, H, W)
 
 
 class Discriminator(nn.Module):
@@ -167,7 +199,8 @@ def build_gan(model_cfg: dict, image_shape: tuple[int, int, int],
     classes = num_classes if model_cfg.get("conditional") else 0
     embed = int(model_cfg.get("embed_dim", 16))
     G = Generator(int(model_cfg["latent_dim"]), int(model_cfg["g_features"]), channels,
-                  height, classes, embed, model_cfg.get("g_upsample", "deconv"))
+                  height, classes, embed, model_cfg.get("g_upsample", "deconv"),
+                  model_cfg.get("g_conditioning", "input"))
     D = Discriminator(int(model_cfg["d_features"]), channels, height, classes, embed,
                       model_cfg.get("d_norm", "batch"), model_cfg.get("d_conditioning", "plane"))
     G.apply(weights_init)

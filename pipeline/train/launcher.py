@@ -111,9 +111,12 @@ def _worker_entry(config: dict[str, Any]) -> None:
 #   * one machine gets no preemption notices: Train V2's preemption watcher, whose actor only
 #     logs a core_worker error about its restart arguments, is off (clusters keep it);
 #   * its workers run at the stage's priority: Ray's default niceness 15 lets any other busy
-#     process on the machine starve training.
+#     process on the machine starve training;
+#   * Train's controller polls its workers every 0.5 s instead of Ray's 2 s, so `fit()` returns
+#     ~1 s after training ends instead of 1-3 s (benchmarks/ray_fit_end.py); a poll is a small
+#     actor call, next to training steps of tens of milliseconds.
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-             "RAY_worker_niceness": "0"}
+             "RAY_worker_niceness": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
 def _free_loopback_port() -> int:
