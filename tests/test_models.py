@@ -18,6 +18,7 @@ from pipeline.models import (
     make_checkpoint,
     save_checkpoint,
 )
+from pipeline.models.dcgan import ConditionalBatchNorm2d
 
 CFG = {"latent_dim": 12, "g_features": 8, "d_features": 8, "conditional": False, "embed_dim": 4}
 
@@ -113,8 +114,11 @@ def test_weights_init_statistics() -> None:
     assert all((b.bias == 0).all() for b in bns)
 
 
-def test_checkpoint_round_trip_weights_only(tmp_path) -> None:
-    cfg = {**CFG, "conditional": True}
+# A config without g_conditioning is a checkpoint from before the key: it loads as "input".
+@pytest.mark.parametrize("g_conditioning", [None, "batchnorm"])
+def test_checkpoint_round_trip_weights_only(tmp_path, g_conditioning: str | None) -> None:
+    cfg = {**CFG, "conditional": True,
+           **({"g_conditioning": g_conditioning} if g_conditioning else {})}
     G, D = build_models(cfg, (3, 32, 32), 5)
     opt = torch.optim.Adam(G.parameters())
     G(torch.randn(4, 12), torch.arange(4)).mean().backward()
@@ -135,6 +139,9 @@ def test_checkpoint_round_trip_weights_only(tmp_path) -> None:
     assert isinstance(G2, Generator) and isinstance(D2, Discriminator)
     assert meta["image_shape"] == [3, 32, 32] and meta["class_names"] == list("abcde")
     assert meta["model_config"]["latent_dim"] == 12 and meta["epoch"] == 3
+    cbn = [m for m in G2.modules() if isinstance(m, ConditionalBatchNorm2d)]
+    assert len(cbn) == (3 if g_conditioning else 0)  # 32 px: 4 -> 8 -> 16, three BatchNorms
+    assert all(m.gain.weight.abs().sum() > 0 for m in cbn)  # trained class gains came back
     G.eval()
     z, y = torch.randn(2, 12), torch.tensor([1, 4])
     torch.testing.assert_close(G2(z, y), G(z, y))
