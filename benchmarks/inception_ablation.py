@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/inception_ablation.py /tmp/gens/default_6ep.pt ... --merge
 
 The reference (N test images) and the floor (N train images against them) are exactly
-`inception_fid.py`'s at the same `--seed` (its `pick`), so the ratios compare with its files.
+`inception_fid.py`'s at the same `--seed` (its `real_sets`), so the ratios compare with its files.
 Each generator's fakes are `pipeline.generate.sample` from seed params.seed + 1 (as the
 ablation's scoring), `--draws` disjoint N of them, each scored against the same reference; the
 row is named by the file's stem (the ablation's row). About 3 minutes per 1 000 images here.
@@ -28,12 +28,11 @@ import torch
 from pipeline.config import load_params
 from pipeline.generate import sample
 from pipeline.io import write_json
-from pipeline.metrics.evaluate import load_split_images
 from pipeline.metrics.features import extract, inception_extractor
 from pipeline.metrics.frechet import fid_from_features
 from pipeline.models import load_generator
 
-from inception_fid import pick
+from inception_fid import real_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,11 +62,10 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     ex = inception_extractor("cpu")
     started = time.monotonic()
-    reference = extract(pick(load_split_images(args.real / "test.npz"), args.n, args.seed + 1,
-                             "test.npz")[0], ex, 50, "inception reference_test")
-    floor = fid_from_features(extract(pick(load_split_images(args.real / "train.npz"), args.n,
-                                           args.seed + 2, "train.npz")[0], ex, 50,
-                                      "inception floor_train"), reference)
+    real = {name: extract(images, ex, 50, f"inception {name}")
+            for name, images in real_sets(args.real, args.n, args.seed).items()}
+    reference = real["reference_test"]
+    floor = fid_from_features(real["floor_train"], reference)
     rows = {}
     for path in args.generators:
         G, meta = load_generator(path)

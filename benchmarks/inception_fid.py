@@ -50,6 +50,16 @@ def pick(images: np.ndarray, n: int, seed: int, where: str, draws: int = 1) -> l
     return [images[order[i * n : (i + 1) * n]] for i in range(draws)]
 
 
+def real_sets(real: Path, n: int, seed: int) -> dict[str, np.ndarray]:
+    """The real sets every Inception ratio here is measured with, from prepared dir `real`: the
+    reference (N test images, seed + 1) and the floor's other side (N train images, seed + 2);
+    `inception_ablation.py` scores against the same sets."""
+    return {"reference_test": pick(load_split_images(real / "test.npz"), n, seed + 1,
+                                   "test.npz")[0],
+            "floor_train": pick(load_split_images(real / "train.npz"), n, seed + 2,
+                                "train.npz")[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="images per set")
@@ -67,11 +77,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     fakes = pick(load_split_images(args.fake), args.n, args.seed, str(args.fake), args.draws)
     fake_names = ["fake"] + [f"fake_draw{i}" for i in range(1, args.draws)]
-    sets = {**dict(zip(fake_names, fakes, strict=True)),
-            "reference_test": pick(load_split_images(args.real / "test.npz"), args.n,
-                                   args.seed + 1, "test.npz")[0],
-            "floor_train": pick(load_split_images(args.real / "train.npz"), args.n,
-                                args.seed + 2, "train.npz")[0]}
+    sets = {**dict(zip(fake_names, fakes, strict=True)), **real_sets(args.real, args.n, args.seed)}
     ex = inception_extractor("cpu")
     started = time.monotonic()
     feats = {name: extract(images, ex, 50, f"inception {name}") for name, images in sets.items()}

@@ -55,9 +55,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 3:
         parser.error("--repeats: at least 3 runs per contender")
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in contenders()}
+    intervals = contenders()
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in intervals}
     for round_ in range(args.repeats):
-        for name, interval in contenders().items():
+        for name, interval in intervals.items():
             runs[name].append(one_run(interval))
             print(round_ + 1, name, runs[name][-1], flush=True)
     report: dict[str, object] = {
@@ -67,7 +68,7 @@ def main() -> None:
         "contenders": {}}
     for name, rows in runs.items():
         report["contenders"][name] = {  # type: ignore[index]
-            INTERVAL: contenders()[name],
+            INTERVAL: intervals[name],
             **{key: {"median": statistics.median(r[key] for r in rows),
                      "min": min(r[key] for r in rows), "max": max(r[key] for r in rows),
                      "runs": [r[key] for r in rows]} for key in rows[0]}}
