@@ -32,6 +32,7 @@ from pipeline.metrics.features import extract, inception_extractor
 from pipeline.metrics.frechet import fid_from_features
 from pipeline.models import load_generator
 
+from host import cpu_model
 from inception_fid import real_sets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,8 +85,8 @@ def main() -> None:
     if args.merge and args.out.is_file():  # of the same --n and seeds: checked above
         rows = {**json.loads(args.out.read_text())["rows"], **rows}
     write_json(args.out, {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__},
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(),
+                    "cpu_count": os.cpu_count(), "torch": torch.__version__},
         "n": args.n, "seed": args.seed, "fake_seed": seed, "fid_inception_floor": round(floor, 2),
         "protocol": "per generator: draws of N fakes (pipeline.generate.sample) vs N test "
                     "images; floor = N train images vs the same test images (inception_fid.py's "

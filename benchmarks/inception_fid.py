@@ -87,10 +87,12 @@ def main() -> None:
     spread = {"ratios_to_floor": [round(r, 3) for r in ratios],
               "median": round(float(np.median(ratios)), 3),
               "min": round(min(ratios), 3), "max": round(max(ratios), 3)}
+    from host import cpu_model  # a sibling script: benchmarks/ is sys.path[0] when run
+
     result = {
         "machine": {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    "platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__},
+                    "platform": platform.platform(), "cpu": cpu_model(),
+                    "cpu_count": os.cpu_count(), "torch": torch.__version__},
         "command": "unshare -n sh -c 'ip link set lo up; .venv/bin/python "
                    f"benchmarks/inception_fid.py {_arguments(args)}'",
         "n": args.n, "seed": args.seed, "fake": _shown(args.fake),

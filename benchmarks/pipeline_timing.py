@@ -16,7 +16,6 @@ without it only what changed runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -28,24 +27,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from train_throughput import gemm_gflops  # noqa: E402 - a sibling script, not a package
+from host import cpu_model  # noqa: E402 - sibling scripts, not a package
+from train_throughput import gemm_gflops  # noqa: E402
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 EPOCH_LINE = re.compile(r"\bepoch \d+/\d+ loss_d=")
-
-
-def cpu_model() -> str:
-    """The host CPU as /proc/cpuinfo names it, with its family and model numbers: hosts of this
-    VM kind differ in CPU generation, and the GEMM rate does not follow the training speed
-    across them (README "Results")."""
-    fields: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    if "model name" not in fields:
-        return platform.processor() or "unknown"
-    return f"{fields['model name']}, family {fields.get('cpu family')} model {fields.get('model')}"
 
 
 def main() -> None:

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_throughput as tt  # noqa: E402  (the sibling benchmark's loop and helpers)
-
 from pipeline.io import write_json  # noqa: E402
 from pipeline.models import dcgan  # noqa: E402
+
+import train_throughput as tt  # noqa: E402  (the sibling benchmark's loop and helpers)
 
 LAYOUT_KEPT = dcgan.Discriminator.forward
 

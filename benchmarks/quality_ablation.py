@@ -16,8 +16,10 @@ generator (the EMA one when on) is sampled (`pipeline.generate.sample`) and scor
 (`pipeline.metrics.evaluate.evaluate_quality`, domain space only: Inception costs ~6 images/s
 here); a conditional one also gets the audit stage's TSTR accuracy (`privacy.tstr_*`: the
 FeatureNet classifier trained on its samples, tested on the real test split) over the TRTR
-baseline, computed once per invocation. Writes benchmarks/results/quality_ablation.json and
-prints a markdown table.
+baseline, computed once per invocation. The `dp_*` variants are the privacy profile's DP model
+(issue 14: D trained with DP-SGD at eps = 10), each with its own length, for which its noise
+is calibrated (their rows: `--out benchmarks/results/quality_ablation_dp.json`). Writes
+benchmarks/results/quality_ablation.json and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from pipeline.config import ModelConfig, TrainConfig
     from pipeline.data.arrays import Split
     from pipeline.privacy.tstr import TstrSpec
 
@@ -69,6 +72,23 @@ def _cond(model: dict[str, Any] | None = None, **train: Any,
           ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A conditional variant: projection D at FAST_G_B64's rates unless overridden."""
     return {**CONDITIONAL, **(model or {})}, {**FAST_G_B64, **train}
+
+
+# The privacy profile's DP model (params-privacy.yaml `cdcgan-dp`): small, conditional, with a
+# layer-norm D (Opacus needs no BatchNorm) and NCHW (its per-sample conv gradients).
+DP_SMALL: dict[str, Any] = {"d_norm": "layer", "latent_dim": 64, "g_features": 32,
+                            "d_features": 32}
+DP_EPS10: dict[str, Any] = {"enabled": True, "epsilon": 10.0, "delta": 1e-5, "max_grad_norm": 1.0}
+
+
+def _dp(batch_size: int, epochs: int, steps_per_epoch: int, model: dict[str, Any] | None = None,
+        **train: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A DP variant of the default recipe: `epochs` x `steps_per_epoch` D steps of
+    `batch_size` (the noise is calibrated for exactly them, so each sets its length)."""
+    return _cond({**DP_SMALL, **(model or {})},
+                 **{**FASTER_D, "batch_size": batch_size, "epochs": epochs,
+                    "max_steps_per_epoch": steps_per_epoch, "channels_last": False,
+                    "dp": DP_EPS10, **train})
 
 
 # name -> (model overrides, train overrides): `ema` against `baseline`, then each other
@@ -131,6 +151,28 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # default_8ep is the default pipeline's length since 2026-12-07 19:10).
     "default_8ep": _cond(**{**SIX_EPOCHS, "epochs": 8}, **FASTER_D),
     "default_10ep": _cond(**{**SIX_EPOCHS, "epochs": 10}, **FASTER_D),
+    # DP-SGD of D (issue 14) at eps = 10, delta = 1e-5, C = 1: the privacy profile's small
+    # conditional DCGAN (cdcgan-dp), its 2 x 250 steps of 64, then ~8x its images (256 000
+    # real rows) in batches of 64, 256 and 512. At eps = 10 on 54 000 images more steps cost
+    # little noise (sigma 0.38 at 500 steps of 64, 0.44 at 4 000; 0.46 at 1 000 of 256):
+    # compute, not privacy, bounds how long it trains here.
+    "dp_b64_2x250": _dp(64, 2, 250),
+    "dp_b64_8x500": _dp(64, 8, 500),
+    "dp_b256_5x200": _dp(256, 5, 200),
+    "dp_b512_5x100": _dp(512, 5, 100),
+    # Batch 1 024 at the same images, and batch 512 for twice the images.
+    "dp_b1024_5x50": _dp(1024, 5, 50),
+    "dp_b512_10x100": _dp(512, 10, 100),
+    # At batch 512: Bie et al.'s DCGAN rates (2e-4 for G and D), and D alone at 2e-4.
+    "dp_b512_5x100_lr2e4": _dp(512, 5, 100, lr_g=2e-4, lr_d=2e-4),
+    "dp_b512_5x100_slow_d": _dp(512, 5, 100, lr_d=2e-4),
+    # At batch 512: no mode seeking (with a noisy D, G's loss is mostly that term), and two
+    # D steps per G step (Bie et al. take 100: D ahead of G).
+    "dp_b512_5x100_ms0": _dp(512, 5, 100, mode_seeking=0.0),
+    "dp_b512_5x100_nd2": _dp(512, 5, 100, n_critic=2),
+    # Four times the images (1 024 000 real rows): batch 512 for 2 000 steps, 1 024 for 1 000.
+    "dp_b512_20x100": _dp(512, 20, 100),
+    "dp_b1024_20x50": _dp(1024, 20, 50),
 }
 # channels_last changes speed, not what a step computes: it is measured in train_throughput.py.
 
@@ -139,13 +181,25 @@ class TimeUp(Exception):
     pass
 
 
+def variant_configs(name: str, steps_per_epoch: int) -> tuple[ModelConfig, TrainConfig]:
+    """params.yaml's model and train sections with the variant's overrides; a variant that
+    sets no epochs trains until its CPU time is spent (10 000 epochs of `steps_per_epoch`)."""
+    from pipeline.config import ModelConfig, TrainConfig, load_params
+
+    params = load_params(ROOT / "params.yaml")
+    model_over, train_over = VARIANTS[name]
+    return (ModelConfig(**{**params.model.model_dump(), **model_over}),
+            TrainConfig(**{**params.train.model_dump(), "epochs": 10_000,
+                           "max_steps_per_epoch": steps_per_epoch, **train_over}))
+
+
 def train_variant(name: str, seconds: float, steps_per_epoch: int, out: str,
                   seed: int | None = None) -> dict[str, Any]:
     """Train one variant on 1 thread for ~`seconds` of CPU time, or for its own `epochs` if that
     ends first, from `seed` (None: params.yaml's seed); write its generator to `out`."""
     import torch
 
-    from pipeline.config import ModelConfig, TrainConfig, load_params
+    from pipeline.config import load_params
     from pipeline.models import load_checkpoint, make_checkpoint, save_checkpoint
     from pipeline.train.data import load_train_arrays
     from pipeline.train.loop import STATE_FILE, Hooks, WorkerConfig, train_worker
@@ -153,9 +207,7 @@ def train_variant(name: str, seconds: float, steps_per_epoch: int, out: str,
     torch.set_num_threads(1)
     params = load_params(ROOT / "params.yaml")
     model_over, train_over = VARIANTS[name]
-    model = ModelConfig(**{**params.model.model_dump(), **model_over})
-    train = TrainConfig(**{**params.train.model_dump(), "epochs": 10_000,
-                           "max_steps_per_epoch": steps_per_epoch, **train_over})
+    model, train = variant_configs(name, steps_per_epoch)
     arrays = load_train_arrays(ROOT / "data" / "prepared" / "train.npz")
     keep = Path(tempfile.mkdtemp(prefix=f"ablation-{name}-"))
     start, wall = time.process_time(), time.perf_counter()
@@ -352,10 +404,12 @@ def main() -> None:
         for q in scored:
             q.update(trtr_accuracy=baseline, tstr_over_trtr=q["tstr_accuracy"] / baseline)
 
+    from host import cpu_model  # a sibling script: benchmarks/ is sys.path[0] when run
+
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     machine = f"{platform.machine()}, {mp.cpu_count()} cores, {platform.platform()}"
     for info in results.values():
-        info.update(protocol=protocol(info, args), date=date, machine=machine)
+        info.update(protocol=protocol(info, args), date=date, machine=machine, cpu=cpu_model())
     if args.merge and args.out.is_file():  # keep the variants this run did not train
         earlier = json.loads(args.out.read_text())
         kept = {name: {"machine": earlier.get("machine"), **info}  # files before per-row machine

@@ -14,6 +14,7 @@ benchmarks/results/ray_fit_end.json.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import statistics
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from host import cpu_model  # a sibling script: benchmarks/ is sys.path[0] when run
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERVAL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
@@ -63,6 +66,7 @@ def main() -> None:
             print(round_ + 1, name, runs[name][-1], flush=True)
     report: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu_model(), "ray": importlib.metadata.version("ray"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "order": "interleaved rounds: " + ", ".join(runs) + ", ...",
         "contenders": {}}

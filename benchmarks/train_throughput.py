@@ -82,6 +82,8 @@ from pipeline.models import build_models
 from pipeline.train.data import DeviceArrays, load_train_arrays
 from pipeline.train.loop import DDP_OPTIONS, run_epoch
 
+from host import cpu_model  # a sibling script (benchmarks/ is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2  # every contender uses the machine's 2 cores; GEMM peak: 2 threads
 CONTENDERS = {"plain": "plain torch 1x2 threads",
@@ -405,7 +407,7 @@ def machine() -> dict[str, Any]:
     return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "platform": platform.platform(), "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "ray": ray.__version__}
+            "cpu": cpu_model(), "torch": torch.__version__, "ray": ray.__version__}
 
 
 def contender_result(runs: list[dict[str, float]], flop: float, peak: float) -> dict[str, Any]:

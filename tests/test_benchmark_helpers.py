@@ -90,3 +90,25 @@ def test_inception_draws_are_disjoint_and_the_first_is_the_single_draw() -> None
 def test_inception_draws_refuse_too_few_images() -> None:
     with pytest.raises(SystemExit, match="fewer than 3 x N=20"):
         inception_fid.pick(np.zeros((50, 2, 2), np.uint8), 20, seed=0, where="x", draws=3)
+
+
+DP_VARIANTS = [name for name, (_, train) in ablation.VARIANTS.items()
+               if train.get("dp", {}).get("enabled")]
+
+
+@pytest.mark.parametrize("name", DP_VARIANTS)
+def test_a_dp_variant_sets_the_length_its_noise_is_calibrated_for(name: str) -> None:
+    """A DP run's noise is calibrated for its planned D steps: a variant without its own
+    epochs would plan 10 000 epochs and train with far more noise than its steps need."""
+    from pipeline.config import dp_conflict
+
+    _, train_over = ablation.VARIANTS[name]
+    assert {"epochs", "max_steps_per_epoch"} <= train_over.keys()
+    model, train = ablation.variant_configs(name, steps_per_epoch=7)
+    assert (train.epochs, train.max_steps_per_epoch) == (train_over["epochs"],
+                                                         train_over["max_steps_per_epoch"])
+    assert train.dp.enabled and dp_conflict(model, train, 1) is None
+
+
+def test_the_dp_variants_are_there() -> None:
+    assert len(DP_VARIANTS) >= 4
