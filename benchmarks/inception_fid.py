@@ -38,6 +38,8 @@ from pipeline.metrics.evaluate import load_split_images
 from pipeline.metrics.features import extract, inception_extractor
 from pipeline.metrics.frechet import fid_from_features
 
+from host import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "data" / "generated" / "dcgan" / "eval.npz"  # the default model's
 
@@ -87,8 +89,6 @@ def main() -> None:
     spread = {"ratios_to_floor": [round(r, 3) for r in ratios],
               "median": round(float(np.median(ratios)), 3),
               "min": round(min(ratios), 3), "max": round(max(ratios), 3)}
-    from host import cpu_model  # a sibling script: benchmarks/ is sys.path[0] when run
-
     result = {
         "machine": {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                     "platform": platform.platform(), "cpu": cpu_model(),

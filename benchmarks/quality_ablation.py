@@ -39,8 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from host import cpu_model
+
 if TYPE_CHECKING:
-    from pipeline.config import ModelConfig, TrainConfig
+    from pipeline.config import ModelConfig, Params, TrainConfig
     from pipeline.data.arrays import Split
     from pipeline.privacy.tstr import TstrSpec
 
@@ -181,12 +183,12 @@ class TimeUp(Exception):
     pass
 
 
-def variant_configs(name: str, steps_per_epoch: int) -> tuple[ModelConfig, TrainConfig]:
-    """params.yaml's model and train sections with the variant's overrides; a variant that
-    sets no epochs trains until its CPU time is spent (10 000 epochs of `steps_per_epoch`)."""
-    from pipeline.config import ModelConfig, TrainConfig, load_params
+def variant_configs(name: str, steps_per_epoch: int, params: Params
+                    ) -> tuple[ModelConfig, TrainConfig]:
+    """`params`' model and train sections with the variant's overrides; a variant that sets no
+    epochs trains until its CPU time is spent (10 000 epochs of `steps_per_epoch`)."""
+    from pipeline.config import ModelConfig, TrainConfig
 
-    params = load_params(ROOT / "params.yaml")
     model_over, train_over = VARIANTS[name]
     return (ModelConfig(**{**params.model.model_dump(), **model_over}),
             TrainConfig(**{**params.train.model_dump(), "epochs": 10_000,
@@ -207,7 +209,7 @@ def train_variant(name: str, seconds: float, steps_per_epoch: int, out: str,
     torch.set_num_threads(1)
     params = load_params(ROOT / "params.yaml")
     model_over, train_over = VARIANTS[name]
-    model, train = variant_configs(name, steps_per_epoch)
+    model, train = variant_configs(name, steps_per_epoch, params)
     arrays = load_train_arrays(ROOT / "data" / "prepared" / "train.npz")
     keep = Path(tempfile.mkdtemp(prefix=f"ablation-{name}-"))
     start, wall = time.process_time(), time.perf_counter()
@@ -403,8 +405,6 @@ def main() -> None:
         baseline = trtr_accuracy()
         for q in scored:
             q.update(trtr_accuracy=baseline, tstr_over_trtr=q["tstr_accuracy"] / baseline)
-
-    from host import cpu_model  # a sibling script: benchmarks/ is sys.path[0] when run
 
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     machine = f"{platform.machine()}, {mp.cpu_count()} cores, {platform.platform()}"

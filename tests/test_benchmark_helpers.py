@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +16,10 @@ from conftest import REPO
 
 
 def load(name: str):
+    """A benchmark script as a module, importing its siblings as it does when run
+    (`python benchmarks/<name>.py` puts benchmarks/ first on sys.path)."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -100,11 +105,11 @@ DP_VARIANTS = [name for name, (_, train) in ablation.VARIANTS.items()
 def test_a_dp_variant_sets_the_length_its_noise_is_calibrated_for(name: str) -> None:
     """A DP run's noise is calibrated for its planned D steps: a variant without its own
     epochs would plan 10 000 epochs and train with far more noise than its steps need."""
-    from pipeline.config import dp_conflict
+    from pipeline.config import dp_conflict, load_params
 
     _, train_over = ablation.VARIANTS[name]
     assert {"epochs", "max_steps_per_epoch"} <= train_over.keys()
-    model, train = ablation.variant_configs(name, steps_per_epoch=7)
+    model, train = ablation.variant_configs(name, 7, load_params(REPO / "params.yaml"))
     assert (train.epochs, train.max_steps_per_epoch) == (train_over["epochs"],
                                                          train_over["max_steps_per_epoch"])
     assert train.dp.enabled and dp_conflict(model, train, 1) is None
