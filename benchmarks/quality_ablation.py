@@ -154,7 +154,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "default_8ep": _cond(**{**SIX_EPOCHS, "epochs": 8}, **FASTER_D),
     "default_10ep": _cond(**{**SIX_EPOCHS, "epochs": 10}, **FASTER_D),
     # DP-SGD of D (issue 14) at eps = 10, delta = 1e-5, C = 1: the privacy profile's small
-    # conditional DCGAN (cdcgan-dp), its 2 x 250 steps of 64, then ~8x its images (256 000
+    # conditional DCGAN (cdcgan-dp), its former 2 x 250 steps of 64, then ~8x its images (256 000
     # real rows) in batches of 64, 256 and 512. At eps = 10 on 54 000 images more steps cost
     # little noise (sigma 0.38 at 500 steps of 64, 0.43 at 4 000; 0.49 at 1 000 of 256):
     # compute, not privacy, bounds how long it trains here.
