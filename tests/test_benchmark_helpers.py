@@ -1,7 +1,7 @@
 """The benchmark scripts' own helpers: quality_ablation.py's `--only` entries (a variant, or a
 variant from another seed, named as its result rows are, `name@seed<k>`; anything else is
 refused) and inception_fid.py's draws of fakes (disjoint, the first one the single draw of
-earlier files)."""
+earlier files); train_throughput.py's two GEMM yardsticks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -117,3 +118,17 @@ def test_a_dp_variant_sets_the_length_its_noise_is_calibrated_for(name: str) -> 
 
 def test_the_dp_variants_are_there() -> None:
     assert len(DP_VARIANTS) >= 4
+
+
+def test_both_gemm_yardsticks_compute_the_same_product() -> None:
+    """train_throughput's two GEMMs (MKL's mm, oneDNN's 1x1 convolution) time one product."""
+    throughput = load("train_throughput")
+    n = 48
+    gen = torch.Generator().manual_seed(0)  # gemm_product's operands
+    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    torch.testing.assert_close(throughput.gemm_product(n, "mkl_mm")(), a @ b)
+    image = throughput.gemm_product(n, "onednn_conv1x1")()  # (1, n, n, 1): (a @ b.T).T
+    assert image.shape == (1, n, n, 1)
+    torch.testing.assert_close(image[0, :, :, 0].T, a @ b.T, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="GEMM kind"):
+        throughput.gemm_product(n, "blas")

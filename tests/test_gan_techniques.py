@@ -149,6 +149,28 @@ def test_mode_seeking_pairs_one_class_and_spreads_g() -> None:
     assert seeking > 1.5 * plain, (seeking, plain)  # distinct z, more distinct images
 
 
+
+def test_g_s_phase_computes_no_gradient_of_d_and_leaves_d_trainable() -> None:
+    """D is a fixed function in G's phase: each D parameter gets one gradient per step (its
+    own phase's), and trains again in the next step."""
+    torch.manual_seed(0)
+    G, D = build_models({"latent_dim": 8, "g_features": 8, "d_features": 8,
+                         "conditional": True, "d_conditioning": "projection"}, (1, 28, 28), 10)
+    computed: dict[str, int] = {}
+    for name, p in D.named_parameters():
+        p.register_hook(lambda g, name=name: computed.update({name: computed.get(name, 0) + 1}))
+    step = GanStep(G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()),
+                   loss="ns", latent_dim=8, noise=gen(1), device=torch.device("cpu"),
+                   num_classes=10)
+    real = torch.rand(16, 1, 28, 28, generator=gen(2)) * 2 - 1
+    labels = torch.randint(0, 10, (16,), generator=gen(3))
+    g_before = [p.detach().clone() for p in G.parameters()]
+    for steps in (1, 2):
+        step(real, labels, g_step=True)
+        assert computed == {name: steps for name, _ in D.named_parameters()}
+        assert all(p.requires_grad for p in D.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(g_before, G.parameters(), strict=True))
+
 # -- EMA ------------------------------------------------------------------------------------------
 def test_ema_follows_the_formula_with_warm_up() -> None:
     model = nn.Linear(3, 2)

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.models import (
@@ -18,7 +19,7 @@ from pipeline.models import (
     make_checkpoint,
     save_checkpoint,
 )
-from pipeline.models.dcgan import ConditionalBatchNorm2d
+from pipeline.models.dcgan import ConditionalBatchNorm2d, LatentProjection
 
 CFG = {"latent_dim": 12, "g_features": 8, "d_features": 8, "conditional": False, "embed_dim": 4}
 
@@ -161,3 +162,24 @@ def test_bad_checkpoints_are_user_errors(tmp_path) -> None:
                                                        num_classes=10, generator=G))
     with pytest.raises(UserError, match="no discriminator"):
         load_discriminator(tmp_path / "g.pt")
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_latent_projection_is_its_transposed_conv_as_one_product(layout, bias) -> None:
+    torch.manual_seed(0)
+    layer = LatentProjection(12, 8, 7, bias=bias).to(memory_format=layout)
+    if bias:
+        nn.init.normal_(layer.bias)
+    conv = nn.ConvTranspose2d(12, 8, 7, 1, 0, bias=bias).to(memory_format=layout)
+    conv.load_state_dict(layer.state_dict())  # the same parameters under the same names
+    x = torch.randn(5, 12, 1, 1, requires_grad=True)
+    out, ref = layer(x), conv(x)  # (5, 8, 7, 7)
+    torch.testing.assert_close(out, ref)
+    assert out.is_contiguous(memory_format=layout)  # in the weight's layout, as the conv's
+    grad = torch.randn_like(ref)
+    for ours, theirs in zip(torch.autograd.grad(out, [x, *layer.parameters()], grad),
+                            torch.autograd.grad(ref, [x, *conv.parameters()], grad), strict=True):
+        torch.testing.assert_close(ours, theirs)
+    wider = torch.randn(2, 12, 3, 3)  # not 1x1: the transposed conv itself
+    torch.testing.assert_close(layer(wider), conv(wider))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.models.dcgan import _norm, _plan, _up_deconv, _up_resize
+from pipeline.models.dcgan import LatentProjection, _norm, _plan, _up_deconv, _up_resize
 
 
 class Decoder(nn.Module):
@@ -37,7 +37,7 @@ class Decoder(nn.Module):
         self.latent_dim, self.num_classes = latent_dim, 0
         width = features * 2 ** (ups - 1)
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(latent_dim, width, start, 1, 0), nn.ReLU(True)]  # (B, w, s, s)
+            LatentProjection(latent_dim, width, start, bias=True), nn.ReLU(True)]  # (B, w, s, s)
         for _ in range(ups - 1):
             layers += [*up(width, width // 2, bias=True), nn.ReLU(True)]
             width //= 2

@@ -44,6 +44,7 @@ from pipeline.config import DpConfig
 from pipeline.errors import UserError
 from pipeline.imaging import to_unit_range
 from pipeline.train.data import DeviceArrays
+from pipeline.train.steps import frozen
 
 
 class PrivateDiscriminator:
@@ -113,15 +114,11 @@ class PrivateDiscriminator:
         """D as a fixed function for G's phase: its parameters need no gradient (none is
         computed, and no per-sample gradient is left for the next DP step) and Opacus' hooks
         record nothing; G's optimizer alone steps."""
-        params = list(self.D.parameters())
         self.hooks.disable_hooks()
-        for p in params:
-            p.requires_grad_(False)
         try:
-            yield
+            with frozen(self.D):
+                yield
         finally:
-            for p in params:
-                p.requires_grad_(True)
             self.hooks.enable_hooks()
 
     def steps(self) -> int:
