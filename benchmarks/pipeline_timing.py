@@ -5,8 +5,9 @@
 Runs `dvc repro [--force]` with the venv on PATH, timestamps every "Running stage 'X'" line DVC
 prints, and writes benchmarks/results/pipeline_timing.json: per-stage seconds (from its start
 line to the next stage's, or to the end), the total, the per-epoch log lines each train stage
-printed (by stage), and the machine with its speed: the fp32 GEMM rate with 2 threads
-(`train_throughput.gemm_gflops`, 2048^2) measured just before and just after the run, since this
+printed (by stage), and the machine with its speed: the fp32 GEMM rates with 2 threads
+(`train_throughput.gemm_gflops`, 2048^2, MKL's and oneDNN's; files before 2026-12-08 hold
+MKL's alone) measured just before and just after the run, since this
 shared host's speed drifts (189 GFLOP/s on 2026-11-24, 102-106 on the evening of 2026-12-06, when
 an unchanged stage ran 1.4x slower than that afternoon) and a stage time means little without
 it. `--force` re-runs every stage (the from-scratch figure, the one-time install aside);
@@ -28,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from host import cpu_model  # noqa: E402 - sibling scripts, not a package
-from train_throughput import gemm_gflops  # noqa: E402
+from train_throughput import GEMMS, gemm_gflops  # noqa: E402
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 EPOCH_LINE = re.compile(r"\bepoch \d+/\d+ loss_d=")
@@ -44,7 +45,7 @@ def main() -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHONUNBUFFERED": "1"}
     cmd = ["dvc", "repro", *(["--force"] if args.force else [])]
-    gemm_before = gemm_gflops(2048, 10)
+    gemm_before = {kind: round(gemm_gflops(2048, 10, kind), 1) for kind in GEMMS}
     start = time.monotonic()
     marks: list[tuple[str, float]] = []
     epoch_lines: dict[str, list[str]] = {}
@@ -60,7 +61,7 @@ def main() -> None:
             if EPOCH_LINE.search(line) and marks:
                 epoch_lines.setdefault(marks[-1][0], []).append(line.strip())
     total = time.monotonic() - start
-    gemm_after = gemm_gflops(2048, 10)
+    gemm_after = {kind: round(gemm_gflops(2048, 10, kind), 1) for kind in GEMMS}
     if proc.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} exited {proc.returncode}; nothing written")
     ends = [t for _, t in marks[1:]] + ([total] if marks else [])  # a no-op runs no stage
@@ -69,7 +70,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "cpu": cpu_model(),
-        "gemm_gflop_per_s": {"before": round(gemm_before, 1), "after": round(gemm_after, 1)},
+        "gemm_gflop_per_s": {"before": gemm_before, "after": gemm_after},
         "command": " ".join(cmd), "total_s": round(total, 1), "stages_s": stages,
         "train_epoch_lines": epoch_lines, "output_lines": lines,
     }

@@ -14,6 +14,8 @@ steps after `--warmup` steps.
   plain_ddp torch DDP without Ray: 2 spawned processes x 1 thread, gloo over a FileStore,
             G and D wrapped as the launcher wraps them (`loop.DDP_OPTIONS`), half the batch
             each; channels_last as ray_ddp. What DDP itself costs on this machine
+  two_solo  the same 2 processes x 1 thread at the same time, each training its half of the
+            batch with no process group: DDP's compute without its all-reduce and waits
   ray_1x2   a fresh local Ray, a 1-worker TorchTrainer with 2 threads (params.yaml's layout on
             this machine: ray.num_workers 1, cpus_per_worker 2); channels_last as params.yaml
             `train.channels_last` says
@@ -42,9 +44,10 @@ when each of Ray's worker processes was started (the raylet's children, named by
 titles: Train's controller, its helper actors, the worker): where the floor goes.
 
 The machine is shared and noisy, so rounds interleave everything: both GEMMs, plain, plain_cl,
-plain_ddp, ray_1x2, ray_ddp, empty fit, both GEMMs, plain, ... (`--repeats` rounds, at least 3).
-Every figure is reported as the median with its min-max and the raw values in run order; ratios
-are ratios of medians. Run it from the repo root inside a network namespace (it starts Ray):
+plain_ddp, two_solo, ray_1x2, ray_ddp, empty fit, both GEMMs, plain, ... (`--repeats` rounds,
+at least 3). Every figure is reported as the median with its min-max and the raw values in
+run order; ratios are ratios of medians. Run it from the repo root inside a network namespace
+(it starts Ray):
 
     unshare -n sh -c 'ip link set lo up; .venv/bin/python benchmarks/train_throughput.py'
 
@@ -93,6 +96,7 @@ THREADS = 2  # every contender uses the machine's 2 cores; GEMM peak: 2 threads
 CONTENDERS = {"plain": "plain torch 1x2 threads",
               "plain_cl": "plain torch 1x2 threads, channels_last",
               "plain_ddp": "plain torch DDP 2 processes x 1 thread",
+              "two_solo": "2 processes x 1 thread, half a batch each, no DDP",
               "ray_1x2": "Ray Train 1 worker x 2 threads",
               "ray_ddp": "Ray Train DDP 2 workers x 1 thread"}
 LAYOUTS = {"ray_1x2": (1, 2), "ray_ddp": (2, 1)}  # (workers, threads per worker)
@@ -266,13 +270,17 @@ def plain_run(params: Params, images: np.ndarray, labels: np.ndarray, warmup: in
 
 
 def _ddp_rank(rank: int, store: str, args: tuple[Any, ...], channels_last: bool,
-              out: mp.Queue) -> None:
-    """One plain_ddp rank: gloo over a FileStore, 1 thread, G and D in DDP(**DDP_OPTIONS)."""
+              out: mp.Queue, ddp: bool = True) -> None:
+    """One plain_ddp rank: gloo over a FileStore, 1 thread, G and D in DDP(**DDP_OPTIONS);
+    with `ddp` False (two_solo), the same rank's half of the batch with no process group."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     try:
         torch.set_num_threads(1)
+        if not ddp:
+            out.put((rank, timed_steps(*args, channels_last=channels_last, rank=rank, world=2)))
+            return
         dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
         try:
             result = timed_steps(*args, channels_last=channels_last, rank=rank, world=2,
@@ -285,15 +293,17 @@ def _ddp_rank(rank: int, store: str, args: tuple[Any, ...], channels_last: bool,
 
 
 def plain_ddp_run(params: Params, images: np.ndarray, labels: np.ndarray, warmup: int,
-                  steps: int, channels_last: bool) -> dict[str, float]:
+                  steps: int, channels_last: bool, ddp: bool = True) -> dict[str, float]:
     """plain_ddp: 2 spawned processes x 1 thread; rank 0's images/s (the global batch's).
-    A rank that fails raises here, with its traceback."""
+    With `ddp` False (two_solo): the same two processes at the same time, each training on
+    its half of every batch alone (no gradient all-reduce, no rank waiting for the other):
+    what DDP's compute could reach here. A rank that fails raises here, with its traceback."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     with tempfile.TemporaryDirectory(prefix="rgf-ddp-") as tmp:
         procs = [ctx.Process(target=_ddp_rank, args=(
             rank, str(Path(tmp) / "store"), (params, images, labels, warmup, steps),
-            channels_last, out)) for rank in (0, 1)]
+            channels_last, out, ddp)) for rank in (0, 1)]
         for proc in procs:
             proc.start()
         try:
@@ -515,6 +525,8 @@ def main() -> None:
     runners = {"plain": functools.partial(plain_run, *common, channels_last=False),
                "plain_cl": functools.partial(plain_run, *common, channels_last=True),
                "plain_ddp": functools.partial(plain_ddp_run, *common, channels_last=ray_cl),
+               "two_solo": functools.partial(plain_ddp_run, *common, channels_last=ray_cl,
+                                             ddp=False),
                **{name: functools.partial(ray_run, *common, channels_last=ray_cl,
                                           workers=w, threads=t)
                   for name, (w, t) in LAYOUTS.items()},
@@ -557,7 +569,7 @@ def main() -> None:
         "timed_steps": args.steps,
         "repeats": args.repeats,
         "order": "interleaved rounds: mkl_mm, onednn_conv1x1, plain, plain_cl, plain_ddp, "
-                 "ray_1x2, ray_ddp, empty_fit, mkl_mm, ...",
+                 "two_solo, ray_1x2, ray_ddp, empty_fit, mkl_mm, ...",
         "flop_per_image": round(flop),
         "flop_counter": "torch.utils.flop_counter.FlopCounterMode over one run_epoch step "
                         f"(D step + G step, forward + backward) at batch "
@@ -587,7 +599,9 @@ def main() -> None:
             "ray_ddp_over_plain_ddp": round(med["ray_ddp"] / med["plain_ddp"], 3),
             "plain_ddp_over_plain": round(med["plain_ddp"] / med["plain"], 3),
             "plain_ddp_over_plain_cl": round(med["plain_ddp"] / med["plain_cl"], 3),
-            "plain_cl_over_plain": round(med["plain_cl"] / med["plain"], 3)},
+            "plain_cl_over_plain": round(med["plain_cl"] / med["plain"], 3),
+            "two_solo_over_plain_cl": round(med["two_solo"] / med["plain_cl"], 3),
+            "plain_ddp_over_two_solo": round(med["plain_ddp"] / med["two_solo"], 3)},
         "startup": {
             "ray_init_s": seconds(ray_, "ray_init_s"),
             "ray_put_s": seconds(ray_, "ray_put_s"),
