@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,21 @@ def test_run_name_depends_on_the_trajectory_only() -> None:
     decay = parse_params({"train": {"lr_decay_start": 0.5}})
     longer = parse_params({"train": {"lr_decay_start": 0.5, "epochs": 9}})
     assert launcher.run_name(longer, "a", 2) != launcher.run_name(decay, "a", 2)
+
+
+def test_the_embedded_ray_s_environment_fills_only_what_the_user_left_unset(monkeypatch) -> None:
+    """`LOCAL_ENV` for an embedded Ray: the user's own values win, and on exit (error or not)
+    os.environ is as it was."""
+    user, unset = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_worker_niceness"
+    assert {user, unset} <= launcher.LOCAL_ENV.keys()
+    monkeypatch.setenv(user, "3")
+    monkeypatch.delenv(unset, raising=False)
+    before = dict(os.environ)
+    with pytest.raises(RuntimeError, match="inside"), launcher._environ(launcher.LOCAL_ENV):
+        assert os.environ[user] == "3"
+        assert os.environ[unset] == launcher.LOCAL_ENV[unset]
+        raise RuntimeError("inside")
+    assert dict(os.environ) == before
 
 
 def test_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch) -> None:

@@ -183,3 +183,12 @@ def test_the_latent_projection_is_its_transposed_conv_as_one_product(layout, bia
         torch.testing.assert_close(ours, theirs)
     wider = torch.randn(2, 12, 3, 3)  # not 1x1: the transposed conv itself
     torch.testing.assert_close(layer(wider), conv(wider))
+
+
+def test_a_generator_names_its_bad_upsampling_or_conditioning() -> None:
+    with pytest.raises(ValueError, match="upsample must be one of .*'bilinear'"):
+        Generator(8, 8, 1, 28, upsample="bilinear")
+    with pytest.raises(ValueError, match="conditioning must be input or batchnorm"):
+        Generator(8, 8, 1, 28, num_classes=10, conditioning="plane")
+    with pytest.raises(ValueError, match="upsample must be one of"):
+        build_models({**CFG, "arch": "vae", "g_upsample": "bilinear"}, (1, 28, 28), 10)

@@ -26,6 +26,7 @@ The SN-GAN and WGAN-GP families (`pipeline/models/zoo.py`) are these G and D wit
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -117,6 +118,14 @@ def _up_resize(c_in: int, c_out: int, bias: bool = False) -> list[nn.Module]:
             nn.Conv2d(c_in, c_out, 3, 1, 1, bias=bias)]
 
 
+def upsampler(kind: str) -> Callable[..., list[nn.Module]]:
+    """The layers of one x2 step of a generator: `deconv` or `resize`."""
+    ups = {"deconv": _up_deconv, "resize": _up_resize}
+    if kind not in ups:
+        raise ValueError(f"upsample must be one of {sorted(ups)}, got {kind!r}")
+    return ups[kind]
+
+
 class Generator(nn.Module):
     """z (B, latent_dim) [+ labels (B,)] -> images (B, C, H, W) in [-1, 1]."""
 
@@ -127,7 +136,7 @@ class Generator(nn.Module):
         if conditioning not in ("input", "batchnorm"):
             raise ValueError(f"conditioning must be input or batchnorm, got {conditioning!r}")
         start, ups = _plan(image_size)
-        up = _up_resize if upsample == "resize" else _up_deconv
+        up = upsampler(upsample)
         self.latent_dim, self.num_classes = latent_dim, num_classes
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
         cbn = bool(num_classes) and conditioning == "batchnorm"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.models.dcgan import LatentProjection, _norm, _plan, _up_deconv, _up_resize
+from pipeline.models.dcgan import LatentProjection, _norm, _plan, upsampler
 
 
 class Decoder(nn.Module):
@@ -33,7 +33,7 @@ class Decoder(nn.Module):
                  upsample: str = "deconv") -> None:
         super().__init__()
         start, ups = _plan(image_size)
-        up = _up_resize if upsample == "resize" else _up_deconv
+        up = upsampler(upsample)
         self.latent_dim, self.num_classes = latent_dim, 0
         width = features * 2 ** (ups - 1)
         layers: list[nn.Module] = [
