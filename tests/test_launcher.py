@@ -147,6 +147,32 @@ def test_the_embedded_ray_s_environment_fills_only_what_the_user_left_unset(monk
     assert dict(os.environ) == before
 
 
+def test_the_embedded_gcs_never_takes_a_port_ray_gives_another_component(monkeypatch) -> None:
+    """The OS may hand out 52365, the dashboard agent's default: the GCS takes the next one."""
+    from ray._private import ray_constants
+
+    offered = iter([ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT, 41234])
+
+    class OneSocket:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            assert address == ("127.0.0.1", 0)  # loopback only
+
+        def getsockname(self):
+            return ("127.0.0.1", next(offered))
+
+    monkeypatch.setattr(launcher.socket, "socket", OneSocket)
+    assert launcher._free_loopback_port() == 41234
+    offered = iter([ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT] * 3)
+    with pytest.raises(RuntimeError, match="in 3 tries"):
+        launcher._free_loopback_port(tries=3)
+
+
 def test_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch) -> None:
     from pipeline.train.loop import effective_precision
 

@@ -119,10 +119,23 @@ LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TRAIN_ENABLE_PREEMPT
              "RAY_worker_niceness": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_loopback_port(tries: int = 20) -> int:
+    """A free port on 127.0.0.1 for the embedded Ray's GCS, never one of the ports Ray gives
+    its other components by default: the dashboard agent's 52365 lies in Linux's ephemeral
+    range, and Ray refuses to start when two of its components are given one port (seen once
+    in CI: "dashboard_agent_http is trying to use a port number 52365 that is used by other
+    components")."""
+    from ray._private import ray_constants
+
+    defaults = {ray_constants.DEFAULT_PORT, ray_constants.DEFAULT_DASHBOARD_PORT,
+                ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT}
+    for _ in range(tries):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in defaults:
+            return port
+    raise RuntimeError(f"no free loopback port outside Ray's defaults in {tries} tries")
 
 
 @contextlib.contextmanager
