@@ -260,7 +260,9 @@ def ray_cluster(tmp: Path, nodes: int = 2, cpus_per_node: int = 1) -> Iterator[d
     # agent garbage-collect the job's working dir under the other node). Short paths: Ray's
     # unix sockets live there.
     temps = [tempfile.mkdtemp(prefix="rgc", dir="/tmp") for _ in range(nodes)]
-    port, dash = free_port(), free_port()
+    from pipeline.train.launcher import _free_loopback_port  # never one of Ray's default ports
+
+    port, dash = _free_loopback_port(), _free_loopback_port()
     ray = str(BIN / "ray")
 
     def run(*args: str) -> None:
