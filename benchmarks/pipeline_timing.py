@@ -6,7 +6,7 @@ Runs `dvc repro [--force]` with the venv on PATH, timestamps every "Running stag
 prints, and writes benchmarks/results/pipeline_timing.json: per-stage seconds (from its start
 line to the next stage's, or to the end), the total, the per-epoch log lines each train stage
 printed (by stage), and the machine with its speed: the fp32 GEMM rates with 2 threads
-(`train_throughput.gemm_gflops`, 2048^2, MKL's and oneDNN's; files before 2026-12-08 hold
+(`train_throughput.gemm_rates`, 2048^2, MKL's and oneDNN's; files before 2026-12-08 hold
 MKL's alone) measured just before and just after the run, since this
 shared host's speed drifts (189 GFLOP/s on 2026-11-24, 102-106 on the evening of 2026-12-06, when
 an unchanged stage ran 1.4x slower than that afternoon) and a stage time means little without
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from host import cpu_model  # noqa: E402 - sibling scripts, not a package
-from train_throughput import GEMMS, gemm_gflops  # noqa: E402
+from train_throughput import gemm_rates  # noqa: E402
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 EPOCH_LINE = re.compile(r"\bepoch \d+/\d+ loss_d=")
@@ -45,7 +45,7 @@ def main() -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHONUNBUFFERED": "1"}
     cmd = ["dvc", "repro", *(["--force"] if args.force else [])]
-    gemm_before = {kind: round(gemm_gflops(2048, 10, kind), 1) for kind in GEMMS}
+    gemm_before = gemm_rates(2048, 10)
     start = time.monotonic()
     marks: list[tuple[str, float]] = []
     epoch_lines: dict[str, list[str]] = {}
@@ -61,7 +61,7 @@ def main() -> None:
             if EPOCH_LINE.search(line) and marks:
                 epoch_lines.setdefault(marks[-1][0], []).append(line.strip())
     total = time.monotonic() - start
-    gemm_after = {kind: round(gemm_gflops(2048, 10, kind), 1) for kind in GEMMS}
+    gemm_after = gemm_rates(2048, 10)
     if proc.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} exited {proc.returncode}; nothing written")
     ends = [t for _, t in marks[1:]] + ([total] if marks else [])  # a no-op runs no stage

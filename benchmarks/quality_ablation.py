@@ -408,8 +408,9 @@ def main() -> None:
 
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     machine = f"{platform.machine()}, {mp.cpu_count()} cores, {platform.platform()}"
+    cpu = cpu_model()
     for info in results.values():
-        info.update(protocol=protocol(info, args), date=date, machine=machine, cpu=cpu_model())
+        info.update(protocol=protocol(info, args), date=date, machine=machine, cpu=cpu)
     if args.merge and args.out.is_file():  # keep the variants this run did not train
         earlier = json.loads(args.out.read_text())
         kept = {name: {"machine": earlier.get("machine"), **info}  # files before per-row machine

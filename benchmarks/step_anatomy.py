@@ -35,11 +35,11 @@ import functools
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -60,23 +60,17 @@ THREADS = throughput.THREADS
 
 def seconds(fn: Callable[[], Any], calls: int) -> float:
     """Median wall time of `calls` calls of `fn` after 5 of warm-up."""
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return throughput.median_seconds(fn, calls, warmup=5)
 
 
-def models(params: Params) -> tuple[nn.Module, nn.Module, int]:
-    """The default G and D in the step's layout, and the number of classes (Fashion-MNIST's)."""
-    num_classes = 10
+def models(params: Params, images: np.ndarray, labels: np.ndarray
+           ) -> tuple[nn.Module, nn.Module, int]:
+    """params.yaml's G and D for these images (N, H, W, C) and labels, in the step's layout
+    (as `train_throughput.gan_steps` builds them), and the number of classes."""
+    num_classes = int(labels.max()) + 1
     torch.manual_seed(params.seed)
-    size = params.data.image_size
-    G, D = build_models(params.model.model_dump(), (params.data.channels, size, size),
-                        num_classes)
+    G, D = build_models(params.model.model_dump(),
+                        (images.shape[3], images.shape[1], images.shape[2]), num_classes)
     if params.train.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     return G, D, num_classes
@@ -133,25 +127,27 @@ def layer_table(G: nn.Module, D: nn.Module, batch: int, num_classes: int,
     return rows
 
 
+def unfused_optimizers(G: nn.Module, D: nn.Module, train: Any) -> tuple[Any, Any]:
+    """`loop.make_optimizers` as it was: Adam with torch's CPU default (unfused)."""
+    betas = (train.beta1, train.beta2)
+    return (torch.optim.Adam(G.parameters(), lr=train.lr_g, betas=betas),
+            torch.optim.Adam(D.parameters(), lr=train.lr_d, betas=betas))
+
+
 @contextlib.contextmanager
 def former_step() -> Iterator[None]:
     """The step as it was before the three changes, in this process only: G's first layer as
     oneDNN's transposed conv, D's parameters' gradients computed in G's phase, Adam unfused."""
-    saved = (LatentProjection.forward, steps_module.frozen, loop.make_optimizers)
-
-    def unfused(G: nn.Module, D: nn.Module, train: Any) -> tuple[Any, Any]:
-        betas = (train.beta1, train.beta2)
-        return (torch.optim.Adam(G.parameters(), lr=train.lr_g, betas=betas),
-                torch.optim.Adam(D.parameters(), lr=train.lr_d, betas=betas))
-
+    forward, frozen, optimizers = (LatentProjection.forward, steps_module.frozen,
+                                   throughput.make_optimizers)
     LatentProjection.forward = nn.ConvTranspose2d.forward  # type: ignore[method-assign]
     steps_module.frozen = lambda model: contextlib.nullcontext()  # type: ignore[assignment]
-    throughput.make_optimizers = unfused  # what gan_steps calls
+    throughput.make_optimizers = unfused_optimizers  # what gan_steps calls
     try:
         yield
     finally:
-        LatentProjection.forward, steps_module.frozen, _ = saved  # type: ignore[method-assign]
-        throughput.make_optimizers = saved[2]
+        LatentProjection.forward = forward  # type: ignore[method-assign]
+        steps_module.frozen, throughput.make_optimizers = frozen, optimizers
 
 
 def change_contenders(G: nn.Module, D: nn.Module, params: Params, batch: int,
@@ -171,10 +167,8 @@ def change_contenders(G: nn.Module, D: nn.Module, params: Params, batch: int,
         with steps_module.frozen(D) if frozen else contextlib.nullcontext():
             (D(fake, labels) if conditional else D(fake)).sum().backward()
 
-    betas = (params.train.beta1, params.train.beta2)
     opts = {"new": loop.make_optimizers(G, D, params.train),
-            "former": (torch.optim.Adam(G.parameters(), lr=params.train.lr_g, betas=betas),
-                       torch.optim.Adam(D.parameters(), lr=params.train.lr_d, betas=betas))}
+            "former": unfused_optimizers(G, D, params.train)}
     for p in [*G.parameters(), *D.parameters()]:
         p.grad = torch.randn(p.shape, generator=gen).to(memory_format=(
             torch.channels_last if p.dim() == 4 and not p.is_contiguous() else
@@ -217,9 +211,9 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml")
     batch = params.train.batch_size
     images, labels, source = throughput.load_data(args.data)
-    G, D, num_classes = models(params)
+    G, D, num_classes = models(params, images, labels)
 
-    gemm = {kind: throughput.gemm_gflops(args.gemm_n, 10, kind) for kind in throughput.GEMMS}
+    gemm = throughput.gemm_rates(args.gemm_n, 10)
     peak = max(gemm.values())
     print(f"GEMM: {', '.join(f'{k} {v:.1f}' for k, v in gemm.items())} GFLOP/s", flush=True)
     layers = layer_table(G, D, batch, num_classes, args.micro)

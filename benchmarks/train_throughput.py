@@ -248,18 +248,28 @@ def gemm_product(n: int, kind: str) -> Callable[[], torch.Tensor]:
     return product
 
 
+def median_seconds(fn: Callable[[], Any], calls: int, warmup: int) -> float:
+    """Median wall time of `calls` calls of `fn`, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def gemm_gflops(n: int, repeats: int, kind: str) -> float:
     """fp32 GEMM rate with 2 threads (`kind` in GEMMS): the median over `repeats` n x n by
-    n x n products of 2 n^3 / time."""
+    n x n products of 2 n^3 / time (after one: thread pool, caches, oneDNN's kernel)."""
     torch.set_num_threads(THREADS)
-    product = gemm_product(n, kind)
-    product()  # warm-up: thread pool, caches, oneDNN's kernel
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        product()
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return 2 * n**3 / median_seconds(gemm_product(n, kind), repeats, warmup=1) / 1e9
+
+
+def gemm_rates(n: int, repeats: int) -> dict[str, float]:
+    """`gemm_gflops` of every kind in GEMMS, in GFLOP/s to 0.1."""
+    return {kind: round(gemm_gflops(n, repeats, kind), 1) for kind in GEMMS}
 
 
 def plain_run(params: Params, images: np.ndarray, labels: np.ndarray, warmup: int, steps: int,
@@ -536,10 +546,10 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
     order: list[dict[str, Any]] = []
     for i in range(args.repeats):
-        for kind in GEMMS:
-            gemm[kind].append(gemm_gflops(args.gemm_n, args.gemm_repeats, kind))
-            order.append({"contender": kind, "gflop_per_s": round(gemm[kind][-1], 1)})
-            print(f"[{i + 1}/{args.repeats}] {kind}: {gemm[kind][-1]:.1f} GFLOP/s", flush=True)
+        for kind, rate in gemm_rates(args.gemm_n, args.gemm_repeats).items():
+            gemm[kind].append(rate)
+            order.append({"contender": kind, "gflop_per_s": rate})
+            print(f"[{i + 1}/{args.repeats}] {kind}: {rate:.1f} GFLOP/s", flush=True)
         for name, run in runners.items():
             load = os.getloadavg()[0]
             out = run()
