@@ -35,6 +35,7 @@ import functools
 import os
 import platform
 import statistics
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from pipeline.models.dcgan import LatentProjection
 from pipeline.train import loop
 
 import train_throughput as throughput  # a sibling script (benchmarks/ is on sys.path)
-from host import cpu_model
+from host import command_line, cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = throughput.THREADS
@@ -247,7 +248,7 @@ def main() -> None:
                     "platform": platform.platform(), "cpu": cpu_model(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__,
                     "threads": THREADS},
-        "command": ".venv/bin/python benchmarks/step_anatomy.py",
+        "command": command_line("step_anatomy.py", sys.argv[1:]),
         "data": source, "model": params.model.model_dump(), "batch": batch,
         "channels_last": params.train.channels_last, "repeats": args.repeats,
         "gemm_gflop_per_s": {k: round(v, 1) for k, v in gemm.items()},

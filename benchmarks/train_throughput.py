@@ -69,6 +69,7 @@ import platform
 import resource
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import traceback
@@ -89,7 +90,7 @@ from pipeline.train.data import DeviceArrays, load_train_arrays
 from pipeline.train.ema import GeneratorEMA
 from pipeline.train.loop import DDP_OPTIONS, make_optimizers, run_epoch
 
-from host import cpu_model  # a sibling script (benchmarks/ is on sys.path)
+from host import command_line, cpu_model  # a sibling script (benchmarks/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2  # every contender uses the machine's 2 cores; GEMM peak: 2 threads
@@ -571,8 +572,8 @@ def main() -> None:
         return summary([r[key] for r in rs], 2)
 
     result = {
-        "machine": machine(), "command": "unshare -n sh -c 'ip link set lo up; "
-                                         ".venv/bin/python benchmarks/train_throughput.py'",
+        "machine": machine(),
+        "command": command_line("train_throughput.py", sys.argv[1:], netns=True),
         "data": source, "image_shape": list(images.shape[1:]),
         "model": params.model.model_dump(), "precision": params.train.precision,
         "global_batch": params.train.batch_size, "warmup_steps": args.warmup,

@@ -1,7 +1,7 @@
 """The benchmark scripts' own helpers: quality_ablation.py's `--only` entries (a variant, or a
 variant from another seed, named as its result rows are, `name@seed<k>`; anything else is
 refused) and inception_fid.py's draws of fakes (disjoint, the first one the single draw of
-earlier files); train_throughput.py's two GEMM yardsticks."""
+earlier files); train_throughput.py's two GEMM yardsticks; the command a result records."""
 
 from __future__ import annotations
 
@@ -132,3 +132,26 @@ def test_both_gemm_yardsticks_compute_the_same_product() -> None:
     torch.testing.assert_close(image[0, :, :, 0].T, a @ b.T, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="GEMM kind"):
         throughput.gemm_product(n, "blas")
+
+
+def test_a_result_records_the_arguments_it_was_made_with() -> None:
+    """The recorded command makes the file again: its arguments are kept (a result written
+    with --out names that file), a path in the repo is shown relative to it, and a netns
+    script's command runs inside `unshare -n` with loopback up, quoted for `sh -c`."""
+    import shlex
+
+    host = load("host")
+    out = REPO / "benchmarks" / "results" / "x y.json"
+    cmd = host.command_line("train_throughput.py", ["--out", str(out), "--repeats", "3"],
+                            netns=True)
+    words = shlex.split(cmd)
+    assert words[:3] == ["unshare", "-n", "sh"] and words[3] == "-c"
+    inner = words[4]
+    assert inner.startswith("ip link set lo up; ")
+    assert shlex.split(inner.removeprefix("ip link set lo up; ")) == [
+        ".venv/bin/python", "benchmarks/train_throughput.py",
+        "--out", "benchmarks/results/x y.json", "--repeats", "3"]
+    assert str(REPO) not in cmd
+    # Outside the repo a path stays as given; no netns: the bare command.
+    assert shlex.split(host.command_line("step_anatomy.py", ["--out", "/tmp/a.json"])) == [
+        ".venv/bin/python", "benchmarks/step_anatomy.py", "--out", "/tmp/a.json"]
