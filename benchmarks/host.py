@@ -1,6 +1,6 @@
 """The host a benchmark ran on, for its JSON: hosts of this VM kind differ in CPU generation, and
 the GEMM rate does not follow the training speed across them (README "Results"), so every result
-file names its CPU."""
+file names its CPU; and the command that wrote a result file, with its arguments."""
 
 from __future__ import annotations
 
