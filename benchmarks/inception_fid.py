@@ -22,11 +22,8 @@ Writes benchmarks/results/inception_fid_<N>.json (`--out`). About 6 minutes at N
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import shlex
 import time
 from pathlib import Path
 
@@ -38,7 +35,7 @@ from pipeline.metrics.evaluate import load_split_images
 from pipeline.metrics.features import extract, inception_extractor
 from pipeline.metrics.frechet import fid_from_features
 
-from host import cpu_model
+from host import command_line, machine, repo_relative
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "data" / "generated" / "dcgan" / "eval.npz"  # the default model's
@@ -90,12 +87,9 @@ def main() -> None:
               "median": round(float(np.median(ratios)), 3),
               "min": round(min(ratios), 3), "max": round(max(ratios), 3)}
     result = {
-        "machine": {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    "platform": platform.platform(), "cpu": cpu_model(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__},
-        "command": "unshare -n sh -c 'ip link set lo up; .venv/bin/python "
-                   f"benchmarks/inception_fid.py {_arguments(args)}'",
-        "n": args.n, "seed": args.seed, "fake": _shown(args.fake),
+        "machine": machine(),
+        "command": command_line("inception_fid.py", _arguments(args), netns=True),
+        "n": args.n, "seed": args.seed, "fake": repo_relative(args.fake),
         "generator_run": _run_name() if args.fake == FAKE else None,
         "fid_inception": round(fid, 2), "fid_inception_floor": round(floor, 2),
         "ratio_to_floor": round(fid / floor, 3),
@@ -111,22 +105,16 @@ def main() -> None:
           f"ratio {fid / floor:.3f}{shown}; wrote {out}")
 
 
-def _arguments(args: argparse.Namespace) -> str:
-    """The command line that makes this file again: every argument not at its default."""
+def _arguments(args: argparse.Namespace) -> list[str]:
+    """The arguments that make this file again: every one not at its default."""
     words = ["--n", str(args.n)]
     for flag, value, default in (("--seed", args.seed, 0), ("--draws", args.draws, 1),
                                  ("--fake", args.fake, FAKE),
                                  ("--real", args.real, ROOT / "data" / "prepared"),
                                  ("--out", args.out, None)):
         if value != default:
-            words += [flag, _shown(value) if isinstance(value, Path) else str(value)]
-    return shlex.join(words)
-
-
-def _shown(path: Path) -> str:
-    """`path` relative to the repo when inside it: committed results hold no absolute path."""
-    path = path.resolve()
-    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+            words += [flag, repo_relative(value) if isinstance(value, Path) else str(value)]
+    return words
 
 
 def _run_name() -> str | None:

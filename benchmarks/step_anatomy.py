@@ -30,10 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import functools
-import os
-import platform
 import statistics
 import sys
 from collections.abc import Callable, Iterator
@@ -53,7 +50,7 @@ from pipeline.models.dcgan import LatentProjection
 from pipeline.train import loop
 
 import train_throughput as throughput  # a sibling script (benchmarks/ is on sys.path)
-from host import command_line, cpu_model
+from host import command_line, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = throughput.THREADS
@@ -244,10 +241,7 @@ def main() -> None:
             + f"; step {step['new'][-1]:.0f} / {step['former'][-1]:.0f} img/s", flush=True)
 
     result = {
-        "machine": {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    "platform": platform.platform(), "cpu": cpu_model(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "threads": THREADS},
+        "machine": machine(threads=THREADS),
         "command": command_line("step_anatomy.py", sys.argv[1:]),
         "data": source, "model": params.model.model_dump(), "batch": batch,
         "channels_last": params.train.channels_last, "repeats": args.repeats,

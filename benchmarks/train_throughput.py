@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import functools
 import json
 import multiprocessing as mp
@@ -90,7 +89,7 @@ from pipeline.train.data import DeviceArrays, load_train_arrays
 from pipeline.train.ema import GeneratorEMA
 from pipeline.train.loop import DDP_OPTIONS, make_optimizers, run_epoch
 
-from host import command_line, cpu_model  # a sibling script (benchmarks/ is on sys.path)
+import host  # a sibling script (benchmarks/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2  # every contender uses the machine's 2 cores; GEMM peak: 2 threads
@@ -455,12 +454,11 @@ def summary(values: list[float], digits: int = 1) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
+    """`host.machine` with the architecture, Python's version and Ray's."""
     import ray
 
-    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "platform": platform.platform(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "cpu": cpu_model(), "torch": torch.__version__, "ray": ray.__version__}
+    return host.machine(machine=platform.machine(), python=platform.python_version(),
+                        ray=ray.__version__)
 
 
 def contender_result(runs: list[dict[str, float]], flop: float,
@@ -573,7 +571,7 @@ def main() -> None:
 
     result = {
         "machine": machine(),
-        "command": command_line("train_throughput.py", sys.argv[1:], netns=True),
+        "command": host.command_line("train_throughput.py", sys.argv[1:], netns=True),
         "data": source, "image_shape": list(images.shape[1:]),
         "model": params.model.model_dump(), "precision": params.train.precision,
         "global_batch": params.train.batch_size, "warmup_steps": args.warmup,
